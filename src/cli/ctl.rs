@@ -1,0 +1,77 @@
+//! `windlass start|stop|restart APP` and `windlass down`: one request each to the supervisor.
+
+use hyper::Method;
+
+use super::output;
+use super::{ProjectArg, Result, client, exit};
+use crate::protocol::ActionResult;
+use crate::supervisor::Action;
+
+/// Start, stop or restart every instance of an app.
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = "Examples:
+  windlass restart web
+  windlass stop worker
+  windlass start worker")]
+pub struct AppArgs {
+    /// The app's name, as in the config.
+    pub app: String,
+    #[command(flatten)]
+    pub project: ProjectArg,
+}
+
+/// Stop every app gracefully, then the supervisor.
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = "Example:
+  windlass down")]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub project: ProjectArg,
+}
+
+pub async fn act(args: AppArgs, action: Action) -> Result {
+    let c = client(args.project.file.as_ref())?;
+    let verb = match action {
+        Action::Start => "start",
+        Action::Stop => "stop",
+        Action::Restart => "restart",
+    };
+    let r: ActionResult = c
+        .json(
+            Method::POST,
+            &format!("/v1/apps/{}/{verb}", urlencode(&args.app)),
+        )
+        .await?;
+    println!("{}", r.message);
+    let failed = r.app.as_ref().is_some_and(|a| a.state.is_failed());
+    Ok(if failed { exit::FAILURE } else { exit::OK })
+}
+
+pub async fn down(args: DownArgs) -> Result {
+    let c = client(args.project.file.as_ref())?;
+    let r: ActionResult = c.json(Method::POST, "/v1/down").await?;
+    // The supervisor removes its socket as it exits; wait for that so `down && up` works.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.socket().exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    println!(
+        "{}",
+        output::paint(output::color_stdout(), output::GREEN, &r.message)
+    );
+    Ok(exit::OK)
+}
+
+/// Percent-encodes everything but unreserved characters (app names are already restricted,
+/// but user input reaches this from the command line).
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

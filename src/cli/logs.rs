@@ -1,0 +1,97 @@
+//! `windlass logs [APP] [-f] [-n N] [--json]`: past lines from the log files, then live ones.
+
+use http_body_util::BodyExt;
+use hyper::Method;
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::output::{self, paint};
+use super::{Result, client, ctl::urlencode, exit};
+use crate::protocol::{LogLine, Stream};
+
+/// Show the logs of every app, or of one; -f follows.
+///
+/// Every line carries the app, the instance and the stream (out, err, or windlass for the
+/// supervisor's own notes about the app).
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = "Examples:
+  windlass logs                 the last 100 lines of every app
+  windlass logs web -f          follow app `web`
+  windlass logs web -n 1000 --json | jq -r .line")]
+pub struct Args {
+    /// Only this app.
+    pub app: Option<String>,
+    /// Keep printing new lines as they come.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// How many past lines to show (per app).
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub lines: usize,
+    /// One JSON object per line: {ts, app, instance, stream, line}.
+    #[arg(long)]
+    pub json: bool,
+    /// The config file.
+    #[arg(long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+pub async fn run(args: Args) -> Result {
+    let c = client(args.file.as_ref())?;
+    let mut path = format!("/v1/logs?n={}&follow={}", args.lines, args.follow);
+    if let Some(a) = &args.app {
+        path.push_str(&format!("&app={}", urlencode(a)));
+    }
+    let resp = c.send(Method::GET, &path).await?;
+    let mut body = resp.into_body();
+    let color = output::color_stdout();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+            let rec: Vec<u8> = pending.drain(..=i).collect();
+            let out = if args.json {
+                String::from_utf8_lossy(&rec).trim_end().to_owned()
+            } else {
+                match serde_json::from_slice::<LogLine>(&rec) {
+                    Ok(l) => human(&l, color),
+                    Err(_) => continue,
+                }
+            };
+            if writeln!(stdout, "{out}").is_err() {
+                // The reader went away (`| head`): not an error.
+                return Ok(exit::OK);
+            }
+        }
+        let _ = stdout.flush();
+    }
+    Ok(exit::OK)
+}
+
+fn human(l: &LogLine, color: bool) -> String {
+    let who = match l.instance {
+        Some(i) => format!("{}.{i}", l.app),
+        None => l.app.clone(),
+    };
+    let ts = l.ts.get(..23).unwrap_or(&l.ts).replace('T', " ");
+    let stream = match l.stream {
+        Stream::Out => "out",
+        Stream::Err => "err",
+        Stream::Windlass => "windlass",
+    };
+    let text = match l.stream {
+        Stream::Err => paint(color, output::YELLOW, &l.line),
+        Stream::Windlass => paint(color, output::DIM, &l.line),
+        Stream::Out => l.line.clone(),
+    };
+    format!(
+        "{} {} {} {text}",
+        paint(color, output::DIM, &ts),
+        paint(color, output::app_color(&l.app), &who),
+        paint(color, output::DIM, stream)
+    )
+}

@@ -1,0 +1,323 @@
+//! The project's configuration: finding it, parsing it, validating it into resolved types.
+//!
+//! `windlass.toml` is parsed into the raw types of [`raw`] (value-level checks carry their span),
+//! then [`validate`] checks everything that spans fields or touches the disk and collects *every*
+//! error, each with file:line:column and a hint. With no `windlass.toml`, a `Procfile` is read
+//! ([`procfile`]). The rest of windlass only ever sees the resolved [`Config`].
+
+pub mod diagnostic;
+pub mod envfile;
+pub mod procfile;
+pub mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use diagnostic::{ConfigError, Diagnostic};
+pub use raw::{ReloadStrategy, RestartPolicy};
+
+/// The config file names windlass looks for, in order of preference.
+pub const CONFIG_FILE: &str = "windlass.toml";
+pub const PROCFILE: &str = "Procfile";
+
+/// Environment variable names windlass reads or sets, declared once.
+pub mod envvars {
+    /// Default variable through which an instance learns the port to listen on.
+    pub const PORT: &str = "PORT";
+    /// The instance index (0-based) within its app.
+    pub const INSTANCE: &str = "INSTANCE";
+    /// The app's name.
+    pub const APP: &str = "WINDLASS_APP";
+    /// Overrides the directory windlass keeps its files in (default `.windlass` beside the config).
+    pub const STATE_DIR: &str = "WINDLASS_DIR";
+    /// Disables colour when set to any value (<https://no-color.org>).
+    pub const NO_COLOR: &str = "NO_COLOR";
+}
+
+/// Where the apps came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Toml,
+    Procfile,
+}
+
+/// The resolved, validated configuration of one project.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file the config was read from.
+    pub file: PathBuf,
+    /// The project directory: the config file's directory.
+    pub root: PathBuf,
+    pub source: Source,
+    /// Apps in the order they appear in the file.
+    pub apps: Vec<AppConfig>,
+    pub admin: AdminConfig,
+}
+
+impl Config {
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+
+    /// The directory windlass keeps its state in for this project.
+    pub fn state_dir(&self) -> PathBuf {
+        match std::env::var_os(envvars::STATE_DIR) {
+            Some(d) if !d.is_empty() => PathBuf::from(d),
+            _ => self.root.join(".windlass"),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppConfig {
+    pub name: String,
+    /// The argv to execute (`["sh", "-c", line]` when `shell = true`).
+    pub argv: Vec<String>,
+    pub shell: bool,
+    pub cwd: PathBuf,
+    /// Environment added to windlass's own: env_file first, then `env` (which wins).
+    pub env: Vec<(String, String)>,
+    pub port: Option<u16>,
+    pub port_env: String,
+    pub instances: u32,
+    pub restart: RestartPolicy,
+    pub backoff: BackoffConfig,
+    pub stop: StopConfig,
+    pub health: HealthConfig,
+    pub reload: ReloadStrategy,
+    pub watch: Vec<String>,
+    pub console: bool,
+    pub logs: LogsConfig,
+    pub autostart: bool,
+}
+
+/// Hand-written so that environment values (which often hold secrets) never reach a log.
+impl fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env_keys: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("AppConfig")
+            .field("name", &self.name)
+            .field("argv", &self.argv)
+            .field("cwd", &self.cwd)
+            .field("env_keys", &env_keys)
+            .field("port", &self.port)
+            .field("instances", &self.instances)
+            .field("restart", &self.restart)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffConfig {
+    /// Delay before the second restart in a row of quick failures (the first is immediate).
+    pub initial: Duration,
+    /// The delay doubles up to this.
+    pub max: Duration,
+    /// An instance that stayed up this long resets the backoff and the quick-failure count.
+    pub reset_after: Duration,
+    /// After this many quick failures in a row the app is in state `crashloop`.
+    pub crashloop_after: u32,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(1),
+            crashloop_after: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopConfig {
+    pub signal: nix::sys::signal::Signal,
+    pub timeout: Duration,
+}
+
+impl Default for StopConfig {
+    fn default() -> Self {
+        StopConfig {
+            signal: nix::sys::signal::Signal::SIGTERM,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// HTTP path to GET; `None` means a TCP connect.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub start_timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            start_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogsConfig {
+    /// Rotate `APP.log` when it would grow past this many bytes.
+    pub max_size: u64,
+    /// How many rotated files (`APP.log.1` ... `APP.log.K`) to keep.
+    pub keep: u32,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            max_size: 10 * 1024 * 1024,
+            keep: 5,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            token: None,
+        }
+    }
+}
+
+/// Finds the project's config: `explicit` if given, else `windlass.toml` or a `Procfile` in
+/// `start` or the nearest parent directory that has one.
+pub fn discover(start: &Path, explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            start.join(p)
+        };
+        if !p.is_file() {
+            return Err(ConfigError::NotFound {
+                searched: p.display().to_string(),
+            });
+        }
+        return Ok(p);
+    }
+    for dir in start.ancestors() {
+        for name in [CONFIG_FILE, PROCFILE] {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(ConfigError::NotFound {
+        searched: format!("{} and its parent directories", start.display()),
+    })
+}
+
+/// Reads and validates the config file at `path` (a `Procfile` when so named).
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let path = std::path::absolute(path).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
+        path: path.clone(),
+        source: e,
+    })?;
+    let root = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let is_procfile = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(PROCFILE));
+    if is_procfile {
+        procfile::parse(&path, &root, &text)
+    } else {
+        validate::from_toml(&path, &root, &text)
+    }
+}
+
+/// `discover` then `load`.
+pub fn find_and_load(start: &Path, explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    load(&discover(start, explicit)?)
+}
+
+/// Suggests the closest of `candidates` to `word`, when one is close enough to be a typo.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// True if `name` can be used as an app name (it becomes part of file names and URLs).
+pub fn valid_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !name.starts_with('-')
+}
+
+/// True if `name` is a usable environment variable name.
+pub fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_pick_the_closest_name() {
+        let keys = ["command", "cwd", "env", "env_file", "port"];
+        assert_eq!(did_you_mean("comand", keys), Some("command"));
+        assert_eq!(did_you_mean("envfile", keys), Some("env_file"));
+        assert_eq!(did_you_mean("zzzzzz", keys), None);
+    }
+
+    #[test]
+    fn app_and_env_names() {
+        assert!(valid_app_name("web-1_x"));
+        assert!(!valid_app_name("web/1"));
+        assert!(!valid_app_name(""));
+        assert!(valid_env_name("PROJECT_PORT"));
+        assert!(!valid_env_name("1X"));
+        assert!(!valid_env_name("A=B"));
+    }
+}

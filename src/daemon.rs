@@ -1,0 +1,183 @@
+//! The long-running side of `windlass up`: the project lock, the pid file, the control socket,
+//! signal handling and the orderly shutdown that leaves no app process behind.
+//!
+//! One supervisor per project: an exclusive `flock` on `.windlass/lock` (released by the kernel
+//! however windlass dies, so a stale pid file never blocks a restart) guards the socket and the
+//! pid file. Ctrl-C, SIGTERM, SIGHUP or `POST /v1/down` stop every app gracefully; a second
+//! Ctrl-C or SIGTERM turns that into SIGKILL at once.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, watch};
+
+use crate::config::Config;
+use crate::control;
+use crate::supervisor::{Options, Supervisor, SupervisorError};
+
+/// Where windlass keeps a project's files (DESIGN.md, "Files").
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub dir: PathBuf,
+}
+
+impl Paths {
+    pub fn of(config: &Config) -> Paths {
+        Paths {
+            dir: config.state_dir(),
+        }
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("windlass.pid")
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+    /// The detached supervisor's own output.
+    pub fn daemon_log(&self) -> PathBuf {
+        self.dir.join("windlass.log")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("a supervisor is already running for this project{}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    AlreadyRunning { pid: Option<u32> },
+    #[error("cannot use {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+impl DaemonError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            DaemonError::AlreadyRunning { .. } => {
+                Some("see it with `windlass status`, stop it with `windlass down`".into())
+            }
+            DaemonError::Supervisor(e) => e.hint(),
+            DaemonError::Io { .. } => None,
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+    move |source| DaemonError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Takes the project lock, or says who holds it.
+pub fn lock(paths: &Paths) -> Result<Flock<File>, DaemonError> {
+    std::fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
+    let lock_path = paths.lock_file();
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|_| DaemonError::AlreadyRunning {
+        pid: std::fs::read_to_string(paths.pid_file())
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+    })
+}
+
+/// Writes `contents` to `path` atomically: temp file, fsync, rename.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Hooks for the foreground `up`: called once the supervisor runs.
+pub type OnStarted = Box<dyn FnOnce(&Supervisor) + Send>;
+
+/// Runs the supervisor until a signal or `windlass down`; returns once every app is gone.
+pub async fn run(
+    config: Config,
+    opts: Options,
+    on_started: Option<OnStarted>,
+) -> Result<(), DaemonError> {
+    let paths = Paths::of(&config);
+    let _lock = lock(&paths)?;
+    let pid_file = paths.pid_file();
+    write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
+        .map_err(io_err(&pid_file))?;
+    let socket = paths.socket();
+    let listener = control::bind(&socket).map_err(io_err(&socket))?;
+
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(io_err(Path::new("signal handler")))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(io_err(Path::new("signal handler")))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(io_err(Path::new("signal handler")))?;
+
+    let supervisor = Supervisor::start(config, opts)?;
+    let down = Arc::new(Notify::new());
+    let (stopped_tx, stopped_rx) = watch::channel(false);
+    let ctx = control::Ctx {
+        supervisor: supervisor.clone(),
+        down: down.clone(),
+        stopped: stopped_rx,
+    };
+    let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, control::router(ctx))
+            .with_graceful_shutdown(async move {
+                let _ = server_stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    if let Some(f) = on_started {
+        f(&supervisor);
+    }
+
+    let reason = tokio::select! {
+        _ = sigint.recv() => "interrupt",
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sighup.recv() => "SIGHUP",
+        _ = down.notified() => "windlass down",
+    };
+    tracing::info!(reason, "stopping every app");
+    let shutdown = supervisor.shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = sigint.recv() => supervisor.force_kill(),
+            _ = sigterm.recv() => supervisor.force_kill(),
+        }
+    }
+    stopped_tx.send_replace(true);
+    server_stop_tx.send_replace(true);
+    // Give `down` its answer; streaming clients are cut after a short grace.
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&pid_file);
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! The control API's wire types, shared by the supervisor (server) and the CLI (client).
+//!
+//! The API is HTTP/1.1 with JSON bodies, on `.windlass/control.sock`. Paths carry the protocol
+//! version (`/v1/...`), which is independent of the crate version: fields may be added within a
+//! version, never removed or retyped. `windlass status --json` prints [`Status`] as is, so this
+//! is also the documented `--json` schema.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version in every path: `/v1/status`, `/v1/logs`, ...
+pub const VERSION: u32 = 1;
+pub const PREFIX: &str = "/v1";
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: u32,
+    pub supervisor: SupervisorInfo,
+    pub apps: Vec<AppStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupervisorInfo {
+    pub pid: u32,
+    /// Unix seconds.
+    pub started_at: f64,
+    pub config: String,
+    pub windlass_version: String,
+    /// Resident memory of the supervisor process, bytes.
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    /// Aggregate of the instances' states: the worst one.
+    pub state: State,
+    pub port: Option<u16>,
+    pub instances: Vec<InstanceStatus>,
+    /// Log lines that could not be written (disk full, I/O error); 0 when nothing was lost.
+    pub log_lines_dropped: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub index: u32,
+    pub state: State,
+    pub pid: Option<u32>,
+    /// The private port the instance listens on, when the app has a port.
+    pub port: Option<u16>,
+    /// Unix seconds of the current process's start.
+    pub started_at: Option<f64>,
+    pub uptime_secs: Option<f64>,
+    pub restarts: u64,
+    /// Summed over the instance's process group.
+    pub memory_bytes: Option<u64>,
+    pub cpu_seconds: Option<f64>,
+    pub last_exit: Option<ExitInfo>,
+    /// The last lines the instance wrote to stderr (most recent last).
+    pub last_stderr: Vec<String>,
+    /// When in backoff: seconds until the next start.
+    pub next_start_in_secs: Option<f64>,
+    /// A human explanation of the state (spawn error, crash loop...).
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+    /// Unix seconds.
+    pub at: f64,
+    pub uptime_secs: f64,
+}
+
+impl std::fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.code, &self.signal) {
+            (_, Some(sig)) => write!(f, "killed by {sig}"),
+            (Some(c), None) => write!(f, "exit code {c}"),
+            (None, None) => f.write_str("exited"),
+        }
+    }
+}
+
+/// An instance's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Running and (when checked) healthy.
+    Running,
+    /// Spawned, waiting for the first health check to pass.
+    Starting,
+    /// Stopped on request (or never started: `autostart = false`).
+    Stopped,
+    /// Exited with success and not restarted by the policy.
+    Exited,
+    /// Being stopped.
+    Stopping,
+    /// Waiting out the backoff delay before a restart.
+    Backoff,
+    /// Failing quickly, again and again: still retried, at the backoff's maximum pace.
+    Crashloop,
+    /// Failed and not restarted (`restart = "never"`, or the command cannot be spawned).
+    Fatal,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Starting => "starting",
+            State::Stopped => "stopped",
+            State::Exited => "exited",
+            State::Stopping => "stopping",
+            State::Backoff => "backoff",
+            State::Crashloop => "crashloop",
+            State::Fatal => "fatal",
+        }
+    }
+
+    /// True for states that need a person's attention.
+    pub fn is_failed(self) -> bool {
+        matches!(self, State::Crashloop | State::Fatal)
+    }
+
+    /// True once a start attempt has settled (running, or failed for good).
+    pub fn is_settled(self) -> bool {
+        !matches!(self, State::Starting | State::Stopping)
+    }
+}
+
+/// One captured log line: `GET /v1/logs` streams these as newline-delimited JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogLine {
+    /// RFC 3339 UTC with microseconds.
+    pub ts: String,
+    pub app: String,
+    /// Instance index, or `None` for windlass's own notes about the app.
+    pub instance: Option<u32>,
+    pub stream: Stream,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Out,
+    Err,
+    /// A line windlass wrote about the app (started, exited, lines dropped...).
+    Windlass,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Out => "out",
+            Stream::Err => "err",
+            Stream::Windlass => "windlass",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stream> {
+        match s {
+            "out" => Some(Stream::Out),
+            "err" => Some(Stream::Err),
+            "windlass" => Some(Stream::Windlass),
+            _ => None,
+        }
+    }
+}
+
+/// Query of `GET /v1/logs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogsQuery {
+    pub app: Option<String>,
+    /// Past lines to send first (per app when `app` is not set).
+    pub n: Option<usize>,
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    /// What to do about it, when there is something to do.
+    pub hint: Option<String>,
+}
+
+/// Answer to `POST /v1/apps/{app}/{action}` and `POST /v1/down`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActionResult {
+    pub ok: bool,
+    pub message: String,
+    pub app: Option<AppStatus>,
+}

@@ -1,0 +1,92 @@
+//! Reads an instance's stdout or stderr pipe and hands whole lines to its app's log.
+//!
+//! The pipe is drained as fast as the app fills it: each read takes what is there (up to 64 KiB)
+//! and writes it to the log file in one go. A line longer than the buffer is cut into pieces
+//! rather than held back; a last line without a newline is kept at end of file.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::logs::AppLog;
+use crate::protocol::Stream;
+
+/// How many stderr lines an instance keeps for `status`.
+pub const STDERR_TAIL: usize = 10;
+const BUF: usize = 64 * 1024;
+
+/// Copies lines from `pipe` into `log` until end of file. With `tail`, the last lines are also
+/// kept there (for stderr, shown by `status` after a crash).
+pub async fn capture<R: AsyncRead + Unpin>(
+    mut pipe: R,
+    log: Arc<AppLog>,
+    instance: u32,
+    stream: Stream,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+) {
+    let mut buf = vec![0u8; BUF];
+    let mut filled = 0usize;
+    loop {
+        let n = match pipe.read(&mut buf[filled..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        filled += n;
+        let data = &buf[..filled];
+        let cut = match memchr_last(data) {
+            Some(i) => i + 1,
+            // No newline in a full buffer: emit it as one (cut) line.
+            None if filled == buf.len() => filled,
+            None => continue,
+        };
+        let lines: Vec<&[u8]> = split_lines(&data[..cut]);
+        log.append(Some(instance), stream, &lines);
+        if let Some(t) = &tail {
+            remember(t, &lines);
+        }
+        buf.copy_within(cut..filled, 0);
+        filled -= cut;
+    }
+    if filled > 0 {
+        let lines = split_lines(&buf[..filled]);
+        log.append(Some(instance), stream, &lines);
+        if let Some(t) = &tail {
+            remember(t, &lines);
+        }
+    }
+}
+
+fn memchr_last(data: &[u8]) -> Option<usize> {
+    data.iter().rposition(|b| *b == b'\n')
+}
+
+/// Splits at `\n`, dropping the newline (and a `\r` before it); a trailing piece without a
+/// newline is a line too.
+fn split_lines(data: &[u8]) -> Vec<&[u8]> {
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    body.split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .collect()
+}
+
+fn remember(tail: &Mutex<VecDeque<String>>, lines: &[&[u8]]) {
+    let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+    for l in lines.iter().rev().take(STDERR_TAIL).rev() {
+        if t.len() == STDERR_TAIL {
+            t.pop_front();
+        }
+        t.push_back(String::from_utf8_lossy(l).into_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_lines;
+
+    #[test]
+    fn splits_lines() {
+        assert_eq!(split_lines(b"a\nb\r\n"), vec![&b"a"[..], &b"b"[..]]);
+        assert_eq!(split_lines(b"a\n\nc"), vec![&b"a"[..], &b""[..], &b"c"[..]]);
+    }
+}

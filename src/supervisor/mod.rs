@@ -1,0 +1,397 @@
+//! The supervisor: one task per app instance, and a cloneable [`Supervisor`] handle to command
+//! them and read their state.
+//!
+//! Apps are spawned in their own process groups ([`process`]), their output captured into
+//! [`crate::logs`] ([`capture`]), restarted per policy ([`backoff`]), and guarded against
+//! windlass's own death ([`guardian`]). The control API and the CLI only ever go through the
+//! handle, never through the tasks' internals.
+
+pub mod backoff;
+pub mod capture;
+pub mod guardian;
+pub mod instance;
+pub mod process;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{AppConfig, Config};
+use crate::logs::{AppLog, Tap};
+use crate::protocol::{AppStatus, InstanceStatus, LogLine, State, Status, SupervisorInfo};
+use guardian::Guardian;
+use instance::{Cmd, InstanceCell, InstanceCtx, Request};
+
+/// Errors a request to the supervisor can meet.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("no app named `{name}`")]
+    UnknownApp { name: String, known: Vec<String> },
+    #[error("cannot create {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the supervisor is shutting down")]
+    ShuttingDown,
+}
+
+impl SupervisorError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SupervisorError::UnknownApp { known, .. } => {
+                Some(format!("apps: {}", known.join(", ")))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An action on all instances of an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// How to start the supervisor.
+pub struct Options {
+    /// Start only these apps (all when empty); the others are known but stopped.
+    pub only: Vec<String>,
+    pub guardian: Option<Guardian>,
+}
+
+/// Cheap to clone; every clone drives the same supervisor.
+#[derive(Clone)]
+pub struct Supervisor {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    apps: Vec<AppRuntime>,
+    tap: Tap,
+    force: watch::Sender<bool>,
+    changed: Arc<watch::Sender<u64>>,
+    guardian: Option<Arc<Guardian>>,
+    started_at: f64,
+    pid: u32,
+}
+
+struct AppRuntime {
+    name: String,
+    config: Arc<RwLock<Arc<AppConfig>>>,
+    log: Arc<AppLog>,
+    instances: Vec<InstanceHandle>,
+}
+
+struct InstanceHandle {
+    cell: Arc<InstanceCell>,
+    tx: mpsc::Sender<Request>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Seconds since the Unix epoch, as a float (the API's time format).
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Supervisor {
+    /// Creates the log directory, then starts a task per instance (autostarting the selected
+    /// apps). Must run inside a tokio runtime.
+    pub fn start(config: Config, opts: Options) -> Result<Supervisor, SupervisorError> {
+        let known: Vec<String> = config.apps.iter().map(|a| a.name.clone()).collect();
+        for name in &opts.only {
+            if !known.contains(name) {
+                return Err(SupervisorError::UnknownApp {
+                    name: name.clone(),
+                    known,
+                });
+            }
+        }
+        let log_dir = config.state_dir().join("logs");
+        std::fs::create_dir_all(&log_dir).map_err(|e| SupervisorError::Io {
+            path: log_dir.clone(),
+            source: e,
+        })?;
+        let (tap, _) = broadcast::channel(16 * 1024);
+        let (force, _) = watch::channel(false);
+        let changed = Arc::new(watch::channel(0u64).0);
+        let guardian = opts.guardian.map(Arc::new);
+        let guardian_fd = guardian.as_ref().map(|g| g.raw_fd());
+        let on_gone: Arc<dyn Fn(i32) + Send + Sync> = match &guardian {
+            Some(g) => {
+                let g = g.clone();
+                Arc::new(move |pgid| g.unregister(pgid))
+            }
+            None => Arc::new(|_| {}),
+        };
+        let mut apps = Vec::new();
+        for app in &config.apps {
+            let autostart = if opts.only.is_empty() {
+                app.autostart
+            } else {
+                opts.only.contains(&app.name)
+            };
+            let log = Arc::new(AppLog::new(&log_dir, &app.name, app.logs, tap.clone()));
+            let shared_cfg = Arc::new(RwLock::new(Arc::new(app.clone())));
+            let mut instances = Vec::new();
+            for index in 0..app.instances {
+                let cell = Arc::new(InstanceCell::new(index));
+                let (tx, rx) = mpsc::channel(16);
+                let ctx = InstanceCtx {
+                    app: shared_cfg.clone(),
+                    cell: cell.clone(),
+                    log: log.clone(),
+                    guardian_fd,
+                    force: force.subscribe(),
+                    changed: changed.clone(),
+                    on_group_gone: on_gone.clone(),
+                };
+                let task = tokio::spawn(instance::run(ctx, rx, autostart));
+                instances.push(InstanceHandle {
+                    cell,
+                    tx,
+                    task: std::sync::Mutex::new(Some(task)),
+                });
+            }
+            apps.push(AppRuntime {
+                name: app.name.clone(),
+                config: shared_cfg,
+                log,
+                instances,
+            });
+        }
+        Ok(Supervisor {
+            shared: Arc::new(Shared {
+                config,
+                apps,
+                tap,
+                force,
+                changed,
+                guardian,
+                started_at: unix_now(),
+                pid: std::process::id(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub fn app_names(&self) -> Vec<String> {
+        self.shared.apps.iter().map(|a| a.name.clone()).collect()
+    }
+
+    fn app(&self, name: &str) -> Result<&AppRuntime, SupervisorError> {
+        self.shared
+            .apps
+            .iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| SupervisorError::UnknownApp {
+                name: name.to_owned(),
+                known: self.app_names(),
+            })
+    }
+
+    /// Follows every log line from now on.
+    pub fn subscribe_logs(&self) -> broadcast::Receiver<Arc<LogLine>> {
+        self.shared.tap.subscribe()
+    }
+
+    /// Changes whenever any instance changes state.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
+    }
+
+    /// Log settings of an app (for reading its files).
+    pub fn log_keep(&self, app: &str) -> Option<u32> {
+        self.shared.config.app(app).map(|a| a.logs.keep)
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.shared.config.state_dir().join("logs")
+    }
+
+    /// Starts, stops or restarts every instance of `app`; returns once all have done it.
+    pub async fn act(&self, app: &str, action: Action) -> Result<AppStatus, SupervisorError> {
+        let rt = self.app(app)?;
+        let cmd = match action {
+            Action::Start => Cmd::Start,
+            Action::Stop => Cmd::Stop,
+            Action::Restart => Cmd::Restart,
+        };
+        if matches!(action, Action::Restart) {
+            rt.log.note(None, "restart requested");
+        }
+        // Instances roll one after the other on restart; start and stop go to all at once.
+        let mut waits = Vec::new();
+        for inst in &rt.instances {
+            let (done, rx) = oneshot::channel();
+            inst.tx
+                .send(Request { cmd, done })
+                .await
+                .map_err(|_| SupervisorError::ShuttingDown)?;
+            if action == Action::Restart {
+                let _ = rx.await;
+            } else {
+                waits.push(rx);
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+        Ok(self.app_status(rt))
+    }
+
+    /// Graceful stop of every instance, all apps in parallel; returns when every process is gone.
+    pub async fn shutdown(&self) {
+        let mut waits = Vec::new();
+        for app in &self.shared.apps {
+            for inst in &app.instances {
+                let (done, rx) = oneshot::channel();
+                if inst
+                    .tx
+                    .send(Request {
+                        cmd: Cmd::Shutdown,
+                        done,
+                    })
+                    .await
+                    .is_ok()
+                {
+                    waits.push(rx);
+                }
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+        for app in &self.shared.apps {
+            for inst in &app.instances {
+                let task = inst.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(t) = task {
+                    let _ = t.await;
+                }
+            }
+        }
+    }
+
+    /// Turns a graceful stop in progress into SIGKILL at once (second Ctrl-C).
+    pub fn force_kill(&self) {
+        self.shared.force.send_replace(true);
+    }
+
+    /// True when no instance is starting or stopping.
+    pub fn settled(&self) -> bool {
+        self.shared.apps.iter().all(|a| {
+            a.instances
+                .iter()
+                .all(|i| i.cell.snapshot().state.is_settled())
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            version: crate::protocol::VERSION,
+            supervisor: SupervisorInfo {
+                pid: self.shared.pid,
+                started_at: self.shared.started_at,
+                config: self.shared.config.file.display().to_string(),
+                windlass_version: env!("CARGO_PKG_VERSION").to_owned(),
+                memory_bytes: procfs::process::Process::myself()
+                    .and_then(|p| p.stat())
+                    .map_or(0, |s| s.rss * procfs::page_size()),
+            },
+            apps: self
+                .shared
+                .apps
+                .iter()
+                .map(|a| self.app_status(a))
+                .collect(),
+        }
+    }
+
+    pub fn app_status_by_name(&self, app: &str) -> Result<AppStatus, SupervisorError> {
+        Ok(self.app_status(self.app(app)?))
+    }
+
+    fn app_status(&self, rt: &AppRuntime) -> AppStatus {
+        let cfg = rt.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = Instant::now();
+        let instances: Vec<InstanceStatus> = rt
+            .instances
+            .iter()
+            .map(|i| {
+                let s = i.cell.snapshot();
+                let usage = s.pid.and_then(|p| process::group_usage(p as i32));
+                InstanceStatus {
+                    index: i.cell.index,
+                    state: s.state,
+                    pid: s.pid,
+                    port: s.port,
+                    started_at: s.started.filter(|_| s.pid.is_some()).map(|(t, _)| {
+                        t.duration_since(UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64())
+                    }),
+                    uptime_secs: s
+                        .started
+                        .filter(|_| s.pid.is_some())
+                        .map(|(_, i)| now.duration_since(i).as_secs_f64()),
+                    restarts: s.restarts,
+                    memory_bytes: usage.map(|u| u.0),
+                    cpu_seconds: usage.map(|u| u.1),
+                    last_exit: s.last_exit,
+                    last_stderr: i
+                        .cell
+                        .stderr_tail
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .cloned()
+                        .collect(),
+                    next_start_in_secs: s
+                        .next_start
+                        .map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                    message: s.message,
+                }
+            })
+            .collect();
+        let state = aggregate(instances.iter().map(|i| i.state));
+        AppStatus {
+            name: rt.name.clone(),
+            state,
+            port: cfg.port,
+            instances,
+            log_lines_dropped: rt.log.dropped(),
+        }
+    }
+
+    /// The pid of the guardian process, if any.
+    pub fn guardian_pid(&self) -> Option<i32> {
+        self.shared.guardian.as_ref().map(|g| g.pid().as_raw())
+    }
+}
+
+/// The state shown for an app: the most alarming of its instances'.
+pub fn aggregate(states: impl Iterator<Item = State>) -> State {
+    let rank = |s: State| match s {
+        State::Fatal => 7,
+        State::Crashloop => 6,
+        State::Backoff => 5,
+        State::Stopping => 4,
+        State::Starting => 3,
+        State::Exited => 2,
+        State::Stopped => 1,
+        State::Running => 0,
+    };
+    states.max_by_key(|s| rank(*s)).unwrap_or(State::Stopped)
+}

@@ -1,0 +1,261 @@
+//! Test helpers: a temp project per test, the real `windlass` binary, real HTTP over loopback,
+//! and waiting on conditions with deadlines (never bare sleeps).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_windlass");
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `f` until it returns `Some`, or panics with `what` at the deadline.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(15));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound to port 0, then released for the app to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 0")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Path of the example app shipped in the repo.
+pub fn hello_app() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello/app.py")
+}
+
+/// One HTTP/1.1 GET with `Connection: close`; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// True while a process with this pid exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// A temporary project directory with a config, and ways to run windlass in it.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new(config: &str) -> Project {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("windlass.toml"), config).expect("write config");
+        Project { dir }
+    }
+
+    pub fn empty() -> Project {
+        Project {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.path().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, contents).expect("write");
+        p
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(self.path())
+            .env_remove("NO_COLOR")
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    /// Runs a windlass command to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run windlass")
+    }
+
+    /// Starts `windlass up` in the foreground, as a child of the test.
+    pub fn up(&self, args: &[&str]) -> Supervisor {
+        let mut all = vec!["up"];
+        all.extend_from_slice(args);
+        let out = self.path().join("up.out");
+        let err = self.path().join("up.err");
+        let child = self
+            .cmd(&all)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("out"))
+            .stderr(std::fs::File::create(&err).expect("err"))
+            .spawn()
+            .expect("spawn windlass up");
+        let s = Supervisor {
+            child,
+            out,
+            err,
+            dir: self.path().to_path_buf(),
+        };
+        let sock = self.path().join(".windlass/control.sock");
+        wait_for("the control socket", DEADLINE, || {
+            sock.exists().then_some(())
+        });
+        s
+    }
+
+    /// `status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let o = self.run(&["status", "--json"]);
+        assert!(
+            o.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).expect("status json")
+    }
+
+    /// The first instance of `app` in `status --json`.
+    pub fn instance(&self, app: &str, index: usize) -> serde_json::Value {
+        let s = self.status();
+        s["apps"]
+            .as_array()
+            .expect("apps")
+            .iter()
+            .find(|a| a["name"] == app)
+            .unwrap_or_else(|| panic!("no app {app} in {s}"))["instances"][index]
+            .clone()
+    }
+
+    /// Every line of the app's log files, oldest first.
+    pub fn log_lines(&self, app: &str) -> Vec<String> {
+        let dir = self.path().join(".windlass/logs");
+        let mut rotated: Vec<(u32, PathBuf)> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let k = name.strip_prefix(&format!("{app}.log."))?.parse().ok()?;
+                        Some((k, e.path()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
+        let mut lines = Vec::new();
+        for (_, p) in rotated {
+            lines.extend(
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+        lines.extend(
+            std::fs::read_to_string(dir.join(format!("{app}.log")))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned),
+        );
+        lines
+    }
+}
+
+/// A `windlass up` started by a test; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Supervisor {
+    pub child: Child,
+    pub out: PathBuf,
+    pub err: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Supervisor {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the supervisor to exit; returns its exit code.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        wait_for("windlass to exit", deadline, || {
+            self.child.try_wait().expect("try_wait")
+        })
+        .code()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            let end = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
