@@ -13,5 +13,6 @@ pub mod daemon;
 pub mod logs;
 pub mod protocol;
 pub mod supervisor;
+pub mod watch;
 
 pub use supervisor::unix_now;

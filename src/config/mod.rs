@@ -89,7 +89,10 @@ pub struct AppConfig {
     pub stop: StopConfig,
     pub health: HealthConfig,
     pub reload: ReloadStrategy,
+    /// For `reload = "in-place"` on non-Lisp apps: the signal that makes the app reload itself.
+    pub reload_signal: Option<nix::sys::signal::Signal>,
     pub watch: Vec<String>,
+    pub proxy: ProxySettings,
     pub console: bool,
     pub logs: LogsConfig,
     pub autostart: bool,
@@ -165,6 +168,29 @@ impl Default for HealthConfig {
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
             start_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The built-in proxy's timeouts for one app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// How long a request waits for a ready instance before a 503.
+    pub hold: Duration,
+    pub connect_timeout: Duration,
+    /// Until the upstream's response headers arrive.
+    pub response_timeout: Duration,
+    /// A client connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            hold: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }

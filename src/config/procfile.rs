@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::{
     AdminConfig, AppConfig, BackoffConfig, Config, ConfigError, Diagnostic, HealthConfig,
-    LogsConfig, ReloadStrategy, RestartPolicy, Source, StopConfig, envvars,
+    LogsConfig, ProxySettings, ReloadStrategy, RestartPolicy, Source, StopConfig, envvars,
 };
 
 pub const DEFAULT_WEB_PORT: u16 = 5000;
@@ -92,7 +92,9 @@ pub fn parse(file: &Path, root: &Path, text: &str) -> Result<Config, ConfigError
             } else {
                 ReloadStrategy::Restart
             },
+            reload_signal: None,
             watch: Vec::new(),
+            proxy: ProxySettings::default(),
             console: false,
             logs: LogsConfig::default(),
             autostart: true,

@@ -41,7 +41,9 @@ pub struct RawApp {
     pub stop: Option<RawStop>,
     pub health: Option<RawHealth>,
     pub reload: Option<ReloadStrategy>,
-    pub watch: Option<Vec<String>>,
+    pub reload_signal: Option<Sig>,
+    pub watch: Option<Spanned<Vec<String>>>,
+    pub proxy: Option<RawProxy>,
     pub console: Option<bool>,
     pub logs: Option<RawLogs>,
     pub autostart: Option<bool>,
@@ -75,6 +77,15 @@ pub struct RawBackoff {
 pub struct RawStop {
     pub signal: Option<Sig>,
     pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub hold: Option<Dur>,
+    pub connect_timeout: Option<Dur>,
+    pub response_timeout: Option<Dur>,
+    pub idle_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use super::raw::{RawApp, RawCommand, RawConfig, RawLogs, ReloadStrategy, RestartPolicy};
 use super::{
     AdminConfig, AppConfig, BackoffConfig, Config, ConfigError, Diagnostic, HealthConfig,
-    LogsConfig, Source, StopConfig, did_you_mean, envfile, envvars, valid_app_name, valid_env_name,
+    LogsConfig, ProxySettings, Source, StopConfig, did_you_mean, envfile, envvars, valid_app_name,
+    valid_env_name,
 };
 
 struct Ctx<'a> {
@@ -304,6 +305,40 @@ fn resolve_app(
         ReloadStrategy::Restart
     });
 
+    let watch = match &raw.watch {
+        None => Vec::new(),
+        Some(w) => {
+            if let Err(e) = crate::watch::compile(w.get_ref()) {
+                cx.error(
+                    Some(w.span()),
+                    e.to_string(),
+                    Some(
+                        "globs are relative to the config's directory, like \"src/**/*.lisp\""
+                            .into(),
+                    ),
+                );
+            }
+            w.get_ref().clone()
+        }
+    };
+    let pd = ProxySettings::default();
+    let proxy = match raw.proxy {
+        None => pd,
+        Some(p) => ProxySettings {
+            hold: p.hold.map_or(pd.hold, |x| x.0),
+            connect_timeout: p.connect_timeout.map_or(pd.connect_timeout, |x| x.0),
+            response_timeout: p.response_timeout.map_or(pd.response_timeout, |x| x.0),
+            idle_timeout: p.idle_timeout.map_or(pd.idle_timeout, |x| x.0),
+        },
+    };
+    if reload == ReloadStrategy::BlueGreen && port.is_none() && raw.reload.is_some() {
+        cx.error(
+            Some(span.clone()),
+            format!("app `{name}` uses reload = \"blue-green\" but has no `port`"),
+            Some("blue-green needs the proxy: set `port`, or use reload = \"restart\"".into()),
+        );
+    }
+
     if cx.diags.len() > before {
         return None;
     }
@@ -321,7 +356,9 @@ fn resolve_app(
         stop,
         health,
         reload,
-        watch: raw.watch.clone().unwrap_or_default(),
+        reload_signal: raw.reload_signal.map(|s| s.0),
+        watch,
+        proxy,
         console: raw.console.unwrap_or(false),
         logs: resolve_logs(Some(default_logs), raw.logs),
         autostart: raw.autostart.unwrap_or(true),
