@@ -59,6 +59,15 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error("cannot listen on {addr} for app `{app}`: {source}")]
+    Bind {
+        app: String,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
 }
 
 impl DaemonError {
@@ -68,7 +77,17 @@ impl DaemonError {
                 Some("see it with `windlass status`, stop it with `windlass down`".into())
             }
             DaemonError::Supervisor(e) => e.hint(),
-            DaemonError::Io { .. } => None,
+            DaemonError::Bind { addr, source, .. }
+                if source.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                Some(format!(
+                    "another process holds port {}; find it with `ss -ltnp 'sport = :{}'`, or change `port` in the config",
+                    addr.port(),
+                    addr.port()
+                ))
+            }
+            DaemonError::Bind { .. } => Some("check `port` and `bind` in the config".into()),
+            DaemonError::Io { .. } | DaemonError::Watch(_) => None,
         }
     }
 }
@@ -137,7 +156,53 @@ pub async fn run(
         signal(SignalKind::terminate()).map_err(io_err(Path::new("signal handler")))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(io_err(Path::new("signal handler")))?;
 
+    // Public ports are bound before any app starts, and stay bound across restarts and reloads.
+    let mut listeners = Vec::new();
+    for app in config.apps.iter() {
+        if let Some(port) = app.port {
+            let addr = std::net::SocketAddr::new(app.bind, port);
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Bind {
+                    app: app.name.clone(),
+                    addr,
+                    source,
+                })?;
+            listeners.push((app.name.clone(), l));
+        }
+    }
+    let watched: Vec<(String, Vec<String>)> = config
+        .apps
+        .iter()
+        .map(|a| (a.name.clone(), a.watch.clone()))
+        .collect();
+    let root = config.root.clone();
+
     let supervisor = Supervisor::start(config, opts)?;
+    let (proxy_stop_tx, proxy_stop_rx) = watch::channel(false);
+    let mut proxy_tasks = Vec::new();
+    for (name, _, proxy) in supervisor.proxies() {
+        if let Some(i) = listeners.iter().position(|(n, _)| *n == name) {
+            let (_, listener) = listeners.swap_remove(i);
+            let mut stop = proxy_stop_rx.clone();
+            proxy_tasks.push(tokio::spawn(async move {
+                proxy
+                    .serve(listener, async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            }));
+        }
+    }
+    let (fire_tx, mut fire_rx) = tokio::sync::mpsc::channel::<String>(16);
+    let _watcher = crate::watch::spawn(&root, watched, crate::watch::DEBOUNCE, fire_tx)?;
+    let reloader = supervisor.clone();
+    tokio::spawn(async move {
+        while let Some(app) = fire_rx.recv().await {
+            // The outcome is in the app's log either way (reload notes it).
+            let _ = reloader.reload(&app).await;
+        }
+    });
     let down = Arc::new(Notify::new());
     let (stopped_tx, stopped_rx) = watch::channel(false);
     let ctx = control::Ctx {
@@ -164,6 +229,8 @@ pub async fn run(
         _ = down.notified() => "windlass down",
     };
     tracing::info!(reason, "stopping every app");
+    // New connections are refused from now on; requests in flight finish while the apps drain.
+    proxy_stop_tx.send_replace(true);
     let shutdown = supervisor.shutdown();
     tokio::pin!(shutdown);
     loop {
@@ -175,6 +242,9 @@ pub async fn run(
     }
     stopped_tx.send_replace(true);
     server_stop_tx.send_replace(true);
+    for t in proxy_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
     // Give `down` its answer; streaming clients are cut after a short grace.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     let _ = std::fs::remove_file(&socket);

@@ -10,8 +10,10 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod health;
 pub mod logs;
 pub mod protocol;
+pub mod proxy;
 pub mod supervisor;
 pub mod watch;
 

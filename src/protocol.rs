@@ -39,6 +39,20 @@ pub struct AppStatus {
     pub instances: Vec<InstanceStatus>,
     /// Log lines that could not be written (disk full, I/O error); 0 when nothing was lost.
     pub log_lines_dropped: u64,
+    /// The proxy's figures, for apps with a public port.
+    #[serde(default)]
+    pub proxy: Option<ProxyStatus>,
+}
+
+/// What the built-in proxy of one app is doing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    /// Requests being handled now (held, waiting for the app, or streaming a body).
+    pub in_flight: usize,
+    /// Responses sent since start, by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub requests_by_class: [u64; 5],
+    /// Instances receiving traffic now.
+    pub ready_backends: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +66,9 @@ pub struct InstanceStatus {
     pub started_at: Option<f64>,
     pub uptime_secs: Option<f64>,
     pub restarts: u64,
+    /// Blue-green reloads of this instance.
+    #[serde(default)]
+    pub reloads: u64,
     /// Summed over the instance's process group.
     pub memory_bytes: Option<u64>,
     pub cpu_seconds: Option<f64>,

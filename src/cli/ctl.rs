@@ -47,6 +47,36 @@ pub async fn act(args: AppArgs, action: Action) -> Result {
     Ok(if failed { exit::FAILURE } else { exit::OK })
 }
 
+/// Reload an app with zero downtime (its `reload` strategy).
+///
+/// blue-green (the default for apps with a port): new instances start beside the old ones on
+/// fresh private ports; once healthy, traffic switches to them in one step and the old ones
+/// drain (in-flight requests finish, up to stop.timeout) and stop. If a new instance fails its
+/// health check, the old version keeps serving, the command prints why and exits 1. The app's
+/// config is re-read first, so a changed command or environment takes effect.
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = "Examples:
+  windlass reload web
+  git pull && windlass reload web")]
+pub struct ReloadArgs {
+    /// The app's name, as in the config.
+    pub app: String,
+    #[command(flatten)]
+    pub project: ProjectArg,
+}
+
+pub async fn reload(args: ReloadArgs) -> Result {
+    let c = client(args.project.file.as_ref())?;
+    let r: ActionResult = c
+        .json(
+            Method::POST,
+            &format!("/v1/apps/{}/reload", urlencode(&args.app)),
+        )
+        .await?;
+    println!("{}", r.message);
+    Ok(exit::OK)
+}
+
 pub async fn down(args: DownArgs) -> Result {
     let c = client(args.project.file.as_ref())?;
     let r: ActionResult = c.json(Method::POST, "/v1/down").await?;

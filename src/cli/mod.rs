@@ -36,6 +36,7 @@ Examples:
   windlass status             one row per app instance
   windlass logs web -f        follow the logs of app `web`
   windlass restart web        restart app `web`
+  windlass reload web         zero-downtime reload of app `web`
   windlass down               stop every app and the supervisor";
 
 /// Run, supervise, hot-reload, monitor and deploy web apps.
@@ -58,6 +59,7 @@ pub enum Command {
     Start(ctl::AppArgs),
     Stop(ctl::AppArgs),
     Restart(ctl::AppArgs),
+    Reload(ctl::ReloadArgs),
     Check(check::Args),
 }
 
@@ -97,7 +99,9 @@ impl From<ClientError> for CliError {
     fn from(e: ClientError) -> CliError {
         let code = match e {
             ClientError::NoSupervisor(_) => exit::NO_SUPERVISOR,
-            ClientError::Api { status: 404, .. } => exit::USAGE,
+            ClientError::Api {
+                status: 404 | 422, ..
+            } => exit::USAGE,
             _ => exit::FAILURE,
         };
         CliError {
@@ -238,6 +242,7 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Start(a) => ctl::act(a, Action::Start).await,
         Command::Stop(a) => ctl::act(a, Action::Stop).await,
         Command::Restart(a) => ctl::act(a, Action::Restart).await,
+        Command::Reload(a) => ctl::reload(a).await,
         Command::Check(a) => check::run(a),
     }
 }

@@ -211,12 +211,18 @@ async fn detach(args: &Args, config: &crate::config::Config) -> Result {
         }
         if let Ok(status) = client.json::<Status>(Method::GET, "/v1/status").await {
             let mine = || status.apps.iter().filter(|a| selected.contains(&a.name));
+            // Started means healthy (apps behind the proxy are `running` only once their
+            // health check passed) or, with no health check, alive past the quick-failure
+            // window: a process that dies in its first second has not started.
             let settled = mine().all(|a| {
-                a.instances.iter().all(|i| {
-                    matches!(
-                        i.state,
-                        State::Running | State::Crashloop | State::Fatal | State::Exited
-                    )
+                let quick = config
+                    .app(&a.name)
+                    .filter(|c| c.port.is_none())
+                    .map_or(0.0, |c| c.backoff.reset_after.as_secs_f64());
+                a.instances.iter().all(|i| match i.state {
+                    State::Running => i.uptime_secs.unwrap_or(0.0) >= quick,
+                    State::Crashloop | State::Fatal | State::Exited => true,
+                    _ => false,
                 })
             });
             if settled || Instant::now() >= deadline {

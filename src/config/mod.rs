@@ -82,6 +82,8 @@ pub struct AppConfig {
     /// Environment added to windlass's own: env_file first, then `env` (which wins).
     pub env: Vec<(String, String)>,
     pub port: Option<u16>,
+    /// The address the public port is bound on (default 0.0.0.0, every interface).
+    pub bind: std::net::IpAddr,
     pub port_env: String,
     pub instances: u32,
     pub restart: RestartPolicy,

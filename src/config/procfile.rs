@@ -81,6 +81,7 @@ pub fn parse(file: &Path, root: &Path, text: &str) -> Result<Config, ConfigError
             cwd: root.to_path_buf(),
             env: Vec::new(),
             port,
+            bind: std::net::IpAddr::from([0, 0, 0, 0]),
             port_env: envvars::PORT.to_owned(),
             instances: 1,
             restart: RestartPolicy::Always,

@@ -34,6 +34,7 @@ pub struct RawApp {
     pub env: BTreeMap<String, EnvValue>,
     pub env_file: Option<Spanned<String>>,
     pub port: Option<Spanned<u16>>,
+    pub bind: Option<Spanned<String>>,
     pub port_env: Option<Spanned<String>>,
     pub instances: Option<Spanned<u32>>,
     pub restart: Option<RestartPolicy>,

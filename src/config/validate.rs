@@ -225,6 +225,17 @@ fn resolve_app(
             Some(*p.get_ref())
         }
     });
+    let bind = match &raw.bind {
+        None => std::net::IpAddr::from([0, 0, 0, 0]),
+        Some(b) => b.get_ref().parse().unwrap_or_else(|_| {
+            cx.error(
+                Some(b.span()),
+                format!("invalid `bind` address `{}`", b.get_ref()),
+                Some("write an IP address, like \"127.0.0.1\" or \"0.0.0.0\"".into()),
+            );
+            std::net::IpAddr::from([0, 0, 0, 0])
+        }),
+    };
     let port_env = match &raw.port_env {
         None => envvars::PORT.to_owned(),
         Some(p) => {
@@ -349,6 +360,7 @@ fn resolve_app(
         cwd,
         env,
         port,
+        bind,
         port_env,
         instances,
         restart: raw.restart.unwrap_or(RestartPolicy::Always),

@@ -76,6 +76,8 @@ fn sup_error(e: SupervisorError) -> Response {
         SupervisorError::UnknownApp { .. } => StatusCode::NOT_FOUND,
         SupervisorError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         SupervisorError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        SupervisorError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        SupervisorError::ReloadFailed { .. } => StatusCode::CONFLICT,
     };
     let hint = e.hint();
     error(status, e.to_string(), hint)
@@ -108,6 +110,17 @@ async fn app_action(
     AxState(ctx): AxState<Ctx>,
     UrlPath((app, action)): UrlPath<(String, String)>,
 ) -> Response {
+    if action == "reload" {
+        return match ctx.supervisor.reload(&app).await {
+            Ok((s, lines)) => Json(ActionResult {
+                ok: true,
+                message: lines.join("\n"),
+                app: Some(s),
+            })
+            .into_response(),
+            Err(e) => sup_error(e),
+        };
+    }
     let action = match action.as_str() {
         "start" => Action::Start,
         "stop" => Action::Stop,
@@ -116,7 +129,7 @@ async fn app_action(
             return error(
                 StatusCode::NOT_FOUND,
                 format!("unknown action `{other}`"),
-                Some("actions: start, stop, restart".into()),
+                Some("actions: start, stop, restart, reload".into()),
             );
         }
     };

@@ -16,14 +16,15 @@ use crate::protocol::Stream;
 pub const STDERR_TAIL: usize = 10;
 const BUF: usize = 64 * 1024;
 
-/// Copies lines from `pipe` into `log` until end of file. With `tail`, the last lines are also
-/// kept there (for stderr, shown by `status` after a crash).
+/// Copies lines from `pipe` into `log` until end of file. The last lines are also kept in
+/// each of `tails` (stderr's, shown by `status` after a crash; both streams', shown when a
+/// reload's new process fails).
 pub async fn capture<R: AsyncRead + Unpin>(
     mut pipe: R,
     log: Arc<AppLog>,
     instance: u32,
     stream: Stream,
-    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+    tails: Vec<Arc<Mutex<VecDeque<String>>>>,
 ) {
     let mut buf = vec![0u8; BUF];
     let mut filled = 0usize;
@@ -42,7 +43,7 @@ pub async fn capture<R: AsyncRead + Unpin>(
         };
         let lines: Vec<&[u8]> = split_lines(&data[..cut]);
         log.append(Some(instance), stream, &lines);
-        if let Some(t) = &tail {
+        for t in &tails {
             remember(t, &lines);
         }
         buf.copy_within(cut..filled, 0);
@@ -51,7 +52,7 @@ pub async fn capture<R: AsyncRead + Unpin>(
     if filled > 0 {
         let lines = split_lines(&buf[..filled]);
         log.append(Some(instance), stream, &lines);
-        if let Some(t) = &tail {
+        for t in &tails {
             remember(t, &lines);
         }
     }

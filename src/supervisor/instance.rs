@@ -1,22 +1,34 @@
 //! One task per app instance: start it, watch it, apply the restart policy, obey commands.
 //!
-//! The task owns the child process. Everything else talks to it through a [`Request`] channel
-//! (start, stop, restart, shutdown; each acknowledged once done) and reads its state from the
-//! shared [`InstanceCell`]. The cell is the single source of truth for `status`.
+//! The task owns the instance's process ([`Proc`]). Everything else talks to it through a
+//! [`Request`] channel (start, stop, restart, reload, shutdown; each answered once done) and
+//! reads its state from the shared [`InstanceCell`], the single source of truth for `status`.
+//!
+//! For an app behind the proxy, each process listens on a fresh private loopback port and is
+//! registered with the app's [`AppProxy`] as a backend that receives traffic only once its
+//! health check passes. Stopping takes it out of rotation and lets its in-flight requests
+//! finish (up to `stop.timeout`) before the stop signal, so an app with no graceful-shutdown
+//! code of its own loses no request. A blue-green reload starts the new process beside the
+//! old, waits until it is healthy, switches traffic in one step, drains the old one, and
+//! stops it; if the new process fails, the old one keeps serving.
 
 use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use super::backoff::{Backoff, Decision};
 use super::capture::capture;
 use super::process::{self, Launch};
 use crate::config::AppConfig;
+use crate::health::HealthCheck;
 use crate::logs::AppLog;
 use crate::protocol::{ExitInfo, State, Stream};
+use crate::proxy::{AppProxy, BackendId};
 
 /// What can be asked of an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,14 +36,19 @@ pub enum Cmd {
     Start,
     Stop,
     Restart,
+    /// Blue-green: start a new process, switch traffic once it is healthy, drain the old.
+    Reload,
     /// Stop and end the task (supervisor shutdown).
     Shutdown,
 }
 
+/// The answer to a request: a message for the user, or why it failed.
+pub type Outcome = Result<String, String>;
+
 #[derive(Debug)]
 pub struct Request {
     pub cmd: Cmd,
-    pub done: oneshot::Sender<()>,
+    pub done: oneshot::Sender<Outcome>,
 }
 
 /// The state of an instance, as `status` shows it.
@@ -42,17 +59,21 @@ pub struct InstanceState {
     pub port: Option<u16>,
     pub started: Option<(SystemTime, Instant)>,
     pub restarts: u64,
+    pub reloads: u64,
     pub last_exit: Option<ExitInfo>,
     pub next_start: Option<Instant>,
     pub message: Option<String>,
 }
+
+type Tail = Arc<Mutex<VecDeque<String>>>;
 
 /// Shared between the instance task and readers.
 #[derive(Debug)]
 pub struct InstanceCell {
     pub index: u32,
     pub state: Mutex<InstanceState>,
-    pub stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// The stderr tail of the current process.
+    stderr_tail: Mutex<Tail>,
 }
 
 impl InstanceCell {
@@ -65,16 +86,32 @@ impl InstanceCell {
                 port: None,
                 started: None,
                 restarts: 0,
+                reloads: 0,
                 last_exit: None,
                 next_start: None,
                 message: None,
             }),
-            stderr_tail: Arc::new(Mutex::new(VecDeque::new())),
+            stderr_tail: Mutex::new(Arc::default()),
         }
     }
 
     pub fn snapshot(&self) -> InstanceState {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The last stderr lines of the current process.
+    pub fn stderr_tail(&self) -> Vec<String> {
+        let tail = self
+            .stderr_tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let lines = tail.lock().unwrap_or_else(|p| p.into_inner());
+        lines.iter().cloned().collect()
+    }
+
+    fn set_tail(&self, tail: Tail) {
+        *self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner()) = tail;
     }
 
     fn update(&self, f: impl FnOnce(&mut InstanceState)) {
@@ -88,6 +125,8 @@ pub struct InstanceCtx {
     pub cell: Arc<InstanceCell>,
     pub log: Arc<AppLog>,
     pub guardian_fd: Option<i32>,
+    /// The app's proxy, when it has a public port.
+    pub proxy: Option<AppProxy>,
     /// Turns true on a second Ctrl-C: stop with SIGKILL at once.
     pub force: watch::Receiver<bool>,
     /// Bumped on every state change.
@@ -111,23 +150,141 @@ impl InstanceCtx {
     }
 }
 
+/// What the health task reports about process generation `.0`.
+#[derive(Debug)]
+enum Health {
+    Ready(u64, Duration),
+    StartFailed(u64, String),
+    Unhealthy(u64, String),
+}
+
+/// One running process of the instance.
+struct Proc {
+    generation: u64,
+    child: Child,
+    pgid: i32,
+    pid: u32,
+    port: Option<u16>,
+    started: Instant,
+    backend: Option<BackendId>,
+    health: Option<JoinHandle<()>>,
+    /// The last stderr lines.
+    tail: Tail,
+    /// The last lines of both streams.
+    output: Tail,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(h) = self.health.take() {
+            h.abort();
+        }
+    }
+}
+
+/// A free private port on the loopback interface, for a new process to listen on.
+fn private_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// Spawns a process for the instance: output captured, backend registered (not ready) and
+/// its health check started when the app is behind the proxy.
+fn spawn_proc(
+    ctx: &InstanceCtx,
+    app: &AppConfig,
+    generation: u64,
+    health_tx: &mpsc::Sender<Health>,
+) -> std::io::Result<Proc> {
+    let port = match (&ctx.proxy, app.port) {
+        (Some(_), Some(_)) => Some(private_port()?),
+        (None, p) => p,
+        (Some(_), None) => None,
+    };
+    let launch = Launch {
+        index: ctx.cell.index,
+        port,
+        guardian_fd: ctx.guardian_fd,
+    };
+    let mut child = process::spawn(app, &launch)?;
+    let pid = child.id().unwrap_or(0);
+    let tail: Tail = Arc::default();
+    let output: Tail = Arc::default();
+    if let Some(out) = child.stdout.take() {
+        let tails = vec![output.clone()];
+        tokio::spawn(capture(
+            out,
+            ctx.log.clone(),
+            ctx.cell.index,
+            Stream::Out,
+            tails,
+        ));
+    }
+    if let Some(err) = child.stderr.take() {
+        let tails = vec![tail.clone(), output.clone()];
+        tokio::spawn(capture(
+            err,
+            ctx.log.clone(),
+            ctx.cell.index,
+            Stream::Err,
+            tails,
+        ));
+    }
+    let mut backend = None;
+    let mut health = None;
+    if let (Some(proxy), Some(port)) = (&ctx.proxy, port) {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        backend = Some(proxy.add_backend(addr));
+        let mut check = HealthCheck::new(addr, app.health.path.clone());
+        check.timeout = app.health.timeout;
+        check.interval = app.health.interval;
+        let start_timeout = app.health.start_timeout;
+        let tx = health_tx.clone();
+        health = Some(tokio::spawn(async move {
+            match check.wait_healthy(start_timeout).await {
+                Ok(took) => {
+                    let _ = tx.send(Health::Ready(generation, took)).await;
+                    let e = check.watch().await;
+                    let _ = tx.send(Health::Unhealthy(generation, e.to_string())).await;
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Health::StartFailed(generation, format!("{e}: {}", e.last)))
+                        .await;
+                }
+            }
+        }));
+    }
+    Ok(Proc {
+        generation,
+        child,
+        pgid: pid as i32,
+        pid,
+        port,
+        started: Instant::now(),
+        backend,
+        health,
+        tail,
+        output,
+    })
+}
+
 /// What ended a running process's watch.
 enum Ended {
-    Exited(std::io::Result<std::process::ExitStatus>),
+    /// The process exited (or was killed by windlass for failing its health check).
+    Exited(std::io::Result<std::process::ExitStatus>, Option<String>),
     Asked(Request),
     ChannelClosed,
 }
 
 pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: bool) {
+    let (health_tx, mut health_rx) = mpsc::channel::<Health>(8);
     let mut want = autostart;
     let mut backoff = Backoff::default();
-    let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut acks: Vec<oneshot::Sender<Outcome>> = Vec::new();
     let mut first_start = true;
-    let ack_all = |acks: &mut Vec<oneshot::Sender<()>>| {
-        for a in acks.drain(..) {
-            let _ = a.send(());
-        }
-    };
+    let mut generation = 0u64;
     loop {
         if !want {
             ctx.set(|s| {
@@ -137,20 +294,20 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
                 s.pid = None;
                 s.next_start = None;
             });
-            ack_all(&mut acks);
+            ack_all(&mut acks, Ok(String::new()));
             match rx.recv().await {
                 None => return,
                 Some(req) => match req.cmd {
-                    Cmd::Start | Cmd::Restart => {
+                    Cmd::Start | Cmd::Restart | Cmd::Reload => {
                         backoff.reset();
                         want = true;
                         acks.push(req.done);
                     }
                     Cmd::Stop => {
-                        let _ = req.done.send(());
+                        let _ = req.done.send(Ok(String::new()));
                     }
                     Cmd::Shutdown => {
-                        let _ = req.done.send(());
+                        let _ = req.done.send(Ok(String::new()));
                         return;
                     }
                 },
@@ -159,85 +316,95 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
         }
 
         let app = ctx.app();
-        let launch = Launch {
-            index: ctx.cell.index,
-            port: app.port,
-            guardian_fd: ctx.guardian_fd,
-        };
         if !first_start {
             ctx.set(|s| s.restarts += 1);
         }
         first_start = false;
-        ctx.cell
-            .stderr_tail
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        let spawned = process::spawn(&app, &launch);
-        let (mut child, pgid, started) = match spawned {
-            Ok(mut child) => {
-                let pid = child.id().unwrap_or(0);
-                let started = Instant::now();
-                if let Some(out) = child.stdout.take() {
-                    tokio::spawn(capture(
-                        out,
-                        ctx.log.clone(),
-                        ctx.cell.index,
-                        Stream::Out,
-                        None,
-                    ));
-                }
-                if let Some(err) = child.stderr.take() {
-                    tokio::spawn(capture(
-                        err,
-                        ctx.log.clone(),
-                        ctx.cell.index,
-                        Stream::Err,
-                        Some(ctx.cell.stderr_tail.clone()),
-                    ));
-                }
-                ctx.note(&format!("started pid {pid}"));
-                ctx.set(|s| {
-                    s.state = State::Running;
-                    s.pid = Some(pid);
-                    s.port = launch.port;
-                    s.started = Some((SystemTime::now(), started));
-                    s.next_start = None;
-                    s.message = None;
-                });
-                ack_all(&mut acks);
-                (child, pid as i32, started)
-            }
+        generation += 1;
+        let mut proc = match spawn_proc(&ctx, &app, generation, &health_tx) {
+            Ok(p) => p,
             Err(e) => {
                 let msg = format!("cannot start `{}`: {e}", app.argv[0]);
                 ctx.note(&msg);
-                ctx.set(|s| s.message = Some(msg));
+                ctx.set(|s| s.message = Some(msg.clone()));
                 let decision = backoff.on_exit(&app.backoff, app.restart, false, Duration::ZERO);
-                ack_all(&mut acks);
+                ack_all(&mut acks, Err(msg));
                 match after_exit(&ctx, &mut rx, decision, &mut want, &mut backoff).await {
                     Flow::Continue => continue,
                     Flow::Return => return,
                 }
             }
         };
+        ctx.cell.set_tail(proc.tail.clone());
+        let behind_proxy = proc.backend.is_some();
+        ctx.note(&match proc.port {
+            Some(p) if behind_proxy => format!("started pid {} on private port {p}", proc.pid),
+            _ => format!("started pid {}", proc.pid),
+        });
+        ctx.set(|s| {
+            s.state = if behind_proxy {
+                State::Starting
+            } else {
+                State::Running
+            };
+            s.pid = Some(proc.pid);
+            s.port = proc.port;
+            s.started = Some((SystemTime::now(), proc.started));
+            s.next_start = None;
+            s.message = None;
+        });
+        if !behind_proxy {
+            ack_all(&mut acks, Ok(String::new()));
+        }
 
         // Watch the process until it exits or a command arrives.
         let ended = loop {
             tokio::select! {
-                s = child.wait() => break Ended::Exited(s),
+                s = proc.child.wait() => break Ended::Exited(s, None),
+                Some(h) = health_rx.recv() => match h {
+                    Health::Ready(g, took) if g == proc.generation => {
+                        if let (Some(proxy), Some(b)) = (&ctx.proxy, proc.backend) {
+                            proxy.set_ready(b, true);
+                        }
+                        ctx.note(&format!("healthy after {}; receiving traffic", human(took)));
+                        ctx.set(|s| s.state = State::Running);
+                        ack_all(&mut acks, Ok(String::new()));
+                    }
+                    Health::StartFailed(g, e) if g == proc.generation => {
+                        let msg = format!("health check: {e}");
+                        ctx.note(&msg);
+                        process::signal_group(proc.pgid, nix::sys::signal::Signal::SIGKILL);
+                        let s = proc.child.wait().await;
+                        break Ended::Exited(s, Some(msg));
+                    }
+                    Health::Unhealthy(g, e) if g == proc.generation => {
+                        let msg = format!("unhealthy ({e}); taken out of rotation");
+                        ctx.note(&msg);
+                        if let (Some(proxy), Some(b)) = (&ctx.proxy, proc.backend) {
+                            proxy.set_ready(b, false);
+                        }
+                        let r = stop_proc(&ctx, &app, &mut proc, Stop::Dead).await;
+                        break Ended::Exited(r, Some(msg));
+                    }
+                    _ => {} // from an older process
+                },
                 req = rx.recv() => match req {
                     None => break Ended::ChannelClosed,
-                    Some(r) if r.cmd == Cmd::Start => { let _ = r.done.send(()); }
+                    Some(r) if r.cmd == Cmd::Start => { let _ = r.done.send(Ok("already running".into())); }
+                    Some(r) if r.cmd == Cmd::Reload && behind_proxy => {
+                        let outcome = blue_green(&ctx, &mut proc, &mut generation, &health_tx, &mut health_rx).await;
+                        let _ = r.done.send(outcome);
+                    }
                     Some(r) => break Ended::Asked(r),
                 },
             }
         };
 
         match ended {
-            Ended::Exited(status) => {
-                let uptime = started.elapsed();
+            Ended::Exited(status, why) => {
+                let uptime = proc.started.elapsed();
                 // The leader is gone; whatever it left in its group goes too.
-                let rest = stop(&ctx, &app, &mut child, pgid, false).await;
+                let rest = stop_proc(&ctx, &app, &mut proc, Stop::Dead).await;
                 let info = match status.or(rest) {
                     Ok(st) => process::exit_info(st, uptime),
                     Err(_) => ExitInfo {
@@ -247,22 +414,28 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
                         uptime_secs: uptime.as_secs_f64(),
                     },
                 };
-                let success = info.code == Some(0);
+                // A health-check failure is a failure whatever the exit status says.
+                let success = info.code == Some(0) && why.is_none();
                 let decision = backoff.on_exit(&app.backoff, app.restart, success, uptime);
                 ctx.set(|s| {
                     s.last_exit = Some(info.clone());
                     s.pid = None;
+                    s.message = why.clone();
                 });
                 ctx.note(&format!("exited: {info} after {}", human(uptime)));
+                ack_all(
+                    &mut acks,
+                    Err(why.unwrap_or_else(|| format!("exited: {info}"))),
+                );
                 match after_exit(&ctx, &mut rx, decision, &mut want, &mut backoff).await {
                     Flow::Continue => continue,
                     Flow::Return => return,
                 }
             }
             Ended::Asked(req) => {
-                let result = stop(&ctx, &app, &mut child, pgid, true).await;
+                let result = stop_proc(&ctx, &app, &mut proc, Stop::Asked).await;
                 if let Ok(st) = result {
-                    let info = process::exit_info(st, started.elapsed());
+                    let info = process::exit_info(st, proc.started.elapsed());
                     ctx.set(|s| s.last_exit = Some(info));
                 }
                 ctx.note("stopped");
@@ -271,7 +444,7 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
                         want = false;
                         acks.push(req.done);
                     }
-                    Cmd::Restart => {
+                    Cmd::Restart | Cmd::Reload => {
                         backoff.reset();
                         acks.push(req.done);
                     }
@@ -280,19 +453,116 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
                             s.state = State::Stopped;
                             s.pid = None;
                         });
-                        let _ = req.done.send(());
-                        ack_all(&mut acks);
+                        let _ = req.done.send(Ok(String::new()));
+                        ack_all(&mut acks, Ok(String::new()));
                         return;
                     }
                     Cmd::Start => unreachable!("Start is answered while running"),
                 }
             }
             Ended::ChannelClosed => {
-                let _ = stop(&ctx, &app, &mut child, pgid, true).await;
+                let _ = stop_proc(&ctx, &app, &mut proc, Stop::Asked).await;
                 return;
             }
         }
     }
+}
+
+fn ack_all(acks: &mut Vec<oneshot::Sender<Outcome>>, outcome: Outcome) {
+    for a in acks.drain(..) {
+        let _ = a.send(outcome.clone());
+    }
+}
+
+/// The blue-green switch for one instance. On success `proc` is the new process.
+async fn blue_green(
+    ctx: &InstanceCtx,
+    proc: &mut Proc,
+    generation: &mut u64,
+    health_tx: &mpsc::Sender<Health>,
+    health_rx: &mut mpsc::Receiver<Health>,
+) -> Outcome {
+    // Requests arriving meanwhile stay queued: a reload is bounded by health.start_timeout.
+    let app = ctx.app();
+    let proxy = ctx
+        .proxy
+        .clone()
+        .expect("blue_green runs only behind the proxy");
+    *generation += 1;
+    let mut new = match spawn_proc(ctx, &app, *generation, health_tx) {
+        Ok(p) => p,
+        Err(e) => return Err(format!("cannot start `{}`: {e}", app.argv[0])),
+    };
+    let t0 = Instant::now();
+    ctx.note(&format!(
+        "reload: started pid {} on private port {}; waiting until healthy (up to {})",
+        new.pid,
+        new.port.unwrap_or(0),
+        human(app.health.start_timeout)
+    ));
+    let failure: String = loop {
+        tokio::select! {
+            s = new.child.wait() => {
+                let how = s.map(|st| process::exit_info(st, new.started.elapsed()).to_string()).unwrap_or_else(|e| e.to_string());
+                break format!("the new process exited before it was healthy ({how})");
+            }
+            h = health_rx.recv() => match h {
+                Some(Health::Ready(g, took)) if g == new.generation => {
+                    let (old_b, new_b) = (proc.backend.expect("behind the proxy"), new.backend.expect("behind the proxy"));
+                    proxy.replace(&[old_b], &[new_b]);
+                    let switched = t0.elapsed();
+                    ctx.cell.set_tail(new.tail.clone());
+                    ctx.set(|s| {
+                        s.pid = Some(new.pid);
+                        s.port = new.port;
+                        s.started = Some((SystemTime::now(), new.started));
+                        s.reloads += 1;
+                        s.state = State::Running;
+                    });
+                    let mut old = std::mem::replace(proc, new);
+                    ctx.note(&format!("reload: pid {} healthy after {}; traffic switched from pid {}; draining it", proc.pid, human(took), old.pid));
+                    let report = proxy.drain(old_b, app.stop.timeout).await;
+                    old.backend = None;
+                    let _ = stop_proc(ctx, &app, &mut old, Stop::Replaced).await;
+                    let msg = format!(
+                        "pid {} → {}: healthy and switched in {}, old drained ({})",
+                        old.pid,
+                        proc.pid,
+                        human(switched),
+                        drained(&report)
+                    );
+                    ctx.note(&format!("reload: done; {msg}"));
+                    return Ok(msg);
+                }
+                Some(Health::StartFailed(g, e)) if g == new.generation => break format!("the new process did not become healthy: {e}"),
+                Some(Health::Unhealthy(g, e)) if g == proc.generation => {
+                    // The old one is failing meanwhile: take it out; the new one will take over.
+                    if let Some(b) = proc.backend { proxy.set_ready(b, false); }
+                    ctx.note(&format!("unhealthy during reload ({e}); taken out of rotation"));
+                }
+                Some(_) => {}
+                None => break "health channel closed".to_owned(),
+            },
+        }
+    };
+    // The new process failed: the old one keeps serving.
+    let _ = stop_proc(ctx, &app, &mut new, Stop::Dead).await;
+    let lines = new
+        .output
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    ctx.note(&format!(
+        "reload failed: {failure}; the old version keeps serving"
+    ));
+    let mut msg = failure;
+    if !lines.is_empty() {
+        msg.push_str("\nlast output lines of the new process:\n  ");
+        msg.push_str(&lines.join("\n  "));
+    }
+    Err(msg)
 }
 
 enum Flow {
@@ -349,14 +619,14 @@ async fn after_exit(
                 req = rx.recv() => match req {
                     None => Flow::Return,
                     Some(r) => match r.cmd {
-                        Cmd::Start | Cmd::Restart => {
+                        Cmd::Start | Cmd::Restart | Cmd::Reload => {
                             backoff.reset();
-                            let _ = r.done.send(());
+                            let _ = r.done.send(Ok(String::new()));
                             Flow::Continue
                         }
                         Cmd::Stop => {
                             *want = false;
-                            let _ = r.done.send(());
+                            let _ = r.done.send(Ok(String::new()));
                             Flow::Continue
                         }
                         Cmd::Shutdown => {
@@ -364,7 +634,7 @@ async fn after_exit(
                                 s.state = State::Stopped;
                                 s.next_start = None;
                             });
-                            let _ = r.done.send(());
+                            let _ = r.done.send(Ok(String::new()));
                             Flow::Return
                         }
                     },
@@ -374,28 +644,75 @@ async fn after_exit(
     }
 }
 
-/// Stops the group (`asked`: a stop on request, shown as `stopping`) and tells the guardian.
-async fn stop(
+/// Why a process is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// On request: the instance shows `stopping`; in-flight requests drain first.
+    Asked,
+    /// Replaced by a reload (already drained); the instance keeps its state.
+    Replaced,
+    /// Exited or failed: nothing in flight worth waiting for; the rest of its group goes.
+    Dead,
+}
+
+/// Stops a process: out of rotation and drained first (when asked and behind the proxy),
+/// then the whole group; tells the guardian.
+async fn stop_proc(
     ctx: &InstanceCtx,
     app: &AppConfig,
-    child: &mut Child,
-    pgid: i32,
-    asked: bool,
+    proc: &mut Proc,
+    why: Stop,
 ) -> std::io::Result<std::process::ExitStatus> {
-    if asked {
+    if let Some(h) = proc.health.take() {
+        h.abort();
+    }
+    if why == Stop::Asked {
         ctx.set(|s| s.state = State::Stopping);
-        ctx.note(&format!("stopping ({})", app.stop.signal.as_str()));
+    }
+    if let (Some(proxy), Some(b)) = (&ctx.proxy, proc.backend.take()) {
+        // In-flight requests finish before the app is told to stop.
+        let deadline = if why == Stop::Asked && !*ctx.force.borrow() {
+            app.stop.timeout
+        } else {
+            Duration::ZERO
+        };
+        let report = proxy.drain(b, deadline).await;
+        if why == Stop::Asked {
+            ctx.note(&format!("drained ({})", drained(&report)));
+        }
+    }
+    if why != Stop::Dead {
+        ctx.note(&format!(
+            "stopping pid {} ({})",
+            proc.pid,
+            app.stop.signal.as_str()
+        ));
     }
     let r = process::stop_group(
-        child,
-        pgid,
+        &mut proc.child,
+        proc.pgid,
         app.stop.signal,
         app.stop.timeout,
         ctx.force.clone(),
     )
     .await;
-    (ctx.on_group_gone)(pgid);
+    (ctx.on_group_gone)(proc.pgid);
     r
+}
+
+/// A drain report in words.
+fn drained(r: &crate::proxy::DrainReport) -> String {
+    let mut s = format!("{} request(s) in flight", r.in_flight_at_start);
+    if r.upgraded_at_start > 0 {
+        s.push_str(&format!(", {} upgraded connection(s)", r.upgraded_at_start));
+    }
+    if r.timed_out {
+        s.push_str(&format!(
+            "; deadline reached with {} request(s) still running, {} upgraded connection(s) closed",
+            r.remaining_requests, r.closed_upgraded
+        ));
+    }
+    s
 }
 
 /// `1.5s`, `120ms`, `3m 2s`.

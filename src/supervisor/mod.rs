@@ -19,11 +19,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{AppConfig, Config};
+use crate::config::{self as cfg, AppConfig, Config, ReloadStrategy};
 use crate::logs::{AppLog, Tap};
 use crate::protocol::{AppStatus, InstanceStatus, LogLine, State, Status, SupervisorInfo};
+use crate::proxy::{AppProxy, ProxyConfig};
 use guardian::Guardian;
-use instance::{Cmd, InstanceCell, InstanceCtx, Request};
+use instance::{Cmd, InstanceCell, InstanceCtx, Outcome, Request};
 
 /// Errors a request to the supervisor can meet.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,10 @@ pub enum SupervisorError {
     },
     #[error("the supervisor is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    Config(String),
+    #[error("reload of `{app}` failed: {reason}")]
+    ReloadFailed { app: String, reason: String },
 }
 
 impl SupervisorError {
@@ -88,7 +93,10 @@ struct AppRuntime {
     name: String,
     config: Arc<RwLock<Arc<AppConfig>>>,
     log: Arc<AppLog>,
+    proxy: Option<AppProxy>,
     instances: Vec<InstanceHandle>,
+    /// One reload at a time per app.
+    reload_lock: tokio::sync::Mutex<()>,
 }
 
 struct InstanceHandle {
@@ -143,6 +151,9 @@ impl Supervisor {
             };
             let log = Arc::new(AppLog::new(&log_dir, &app.name, app.logs, tap.clone()));
             let shared_cfg = Arc::new(RwLock::new(Arc::new(app.clone())));
+            let proxy = app
+                .port
+                .map(|_| AppProxy::new(&app.name, proxy_config(app)));
             let mut instances = Vec::new();
             for index in 0..app.instances {
                 let cell = Arc::new(InstanceCell::new(index));
@@ -152,6 +163,7 @@ impl Supervisor {
                     cell: cell.clone(),
                     log: log.clone(),
                     guardian_fd,
+                    proxy: proxy.clone(),
                     force: force.subscribe(),
                     changed: changed.clone(),
                     on_group_gone: on_gone.clone(),
@@ -167,7 +179,9 @@ impl Supervisor {
                 name: app.name.clone(),
                 config: shared_cfg,
                 log,
+                proxy,
                 instances,
+                reload_lock: tokio::sync::Mutex::new(()),
             });
         }
         Ok(Supervisor {
@@ -233,14 +247,10 @@ impl Supervisor {
         if matches!(action, Action::Restart) {
             rt.log.note(None, "restart requested");
         }
-        // Instances roll one after the other on restart; start and stop go to all at once.
+        // Instances restart one after the other; start and stop go to all at once.
         let mut waits = Vec::new();
         for inst in &rt.instances {
-            let (done, rx) = oneshot::channel();
-            inst.tx
-                .send(Request { cmd, done })
-                .await
-                .map_err(|_| SupervisorError::ShuttingDown)?;
+            let rx = send(inst, cmd).await?;
             if action == Action::Restart {
                 let _ = rx.await;
             } else {
@@ -251,6 +261,100 @@ impl Supervisor {
             let _ = w.await;
         }
         Ok(self.app_status(rt))
+    }
+
+    /// Reloads `app` with its strategy, re-reading its config from the file first (so a
+    /// changed command or environment takes effect). Blue-green rolls the instances one at
+    /// a time; on a failure the remaining old instances keep serving and the error says why.
+    pub async fn reload(&self, app: &str) -> Result<(AppStatus, Vec<String>), SupervisorError> {
+        let rt = self.app(app)?;
+        let _one_at_a_time = rt.reload_lock.lock().await;
+        let fresh = cfg::load(&self.shared.config.file)
+            .map_err(|e| SupervisorError::Config(e.to_string()))?;
+        let new_app = fresh.app(app).cloned().ok_or_else(|| {
+            SupervisorError::Config(format!(
+                "app `{app}` is no longer in {}",
+                self.shared.config.file.display()
+            ))
+        })?;
+        let current = rt.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if new_app.port != current.port || new_app.instances != current.instances {
+            return Err(SupervisorError::Config(format!(
+                "`port` and `instances` of `{app}` changed in the config; they take effect when the supervisor restarts (`windlass down && windlass up -d`)"
+            )));
+        }
+        let strategy = new_app.reload;
+        *rt.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_app.clone());
+        rt.log.note(
+            None,
+            &format!("reload requested ({})", strategy_name(strategy)),
+        );
+        let mut messages = Vec::new();
+        match strategy {
+            ReloadStrategy::InPlace => {
+                let Some(sig) = new_app.reload_signal else {
+                    return Err(SupervisorError::ReloadFailed {
+                        app: app.to_owned(),
+                        reason: "reload = \"in-place\" needs `reload_signal` (e.g. \"SIGHUP\") for this app".into(),
+                    });
+                };
+                for inst in &rt.instances {
+                    if let Some(pid) = inst.cell.snapshot().pid {
+                        process::signal_group(pid as i32, sig);
+                        messages.push(format!(
+                            "{app}.{}: sent {} to pid {pid}",
+                            inst.cell.index,
+                            sig.as_str()
+                        ));
+                    }
+                }
+            }
+            ReloadStrategy::Restart | ReloadStrategy::BlueGreen => {
+                let cmd = if strategy == ReloadStrategy::BlueGreen {
+                    Cmd::Reload
+                } else {
+                    Cmd::Restart
+                };
+                for inst in &rt.instances {
+                    let outcome: Outcome = send(inst, cmd)
+                        .await?
+                        .await
+                        .unwrap_or_else(|_| Err("the instance task ended".into()));
+                    match outcome {
+                        Ok(m) => messages.push(format!(
+                            "{app}.{}: {}",
+                            inst.cell.index,
+                            if m.is_empty() { "restarted".into() } else { m }
+                        )),
+                        Err(reason) => {
+                            rt.log.note(None, &format!("reload failed: {reason}"));
+                            return Err(SupervisorError::ReloadFailed {
+                                app: app.to_owned(),
+                                reason,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok((self.app_status(rt), messages))
+    }
+
+    /// The proxies of the apps with a public port: (app, bind address, proxy).
+    pub fn proxies(&self) -> Vec<(String, std::net::SocketAddr, AppProxy)> {
+        self.shared
+            .apps
+            .iter()
+            .filter_map(|a| {
+                let cfg = a.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let port = cfg.port?;
+                Some((
+                    a.name.clone(),
+                    std::net::SocketAddr::new(cfg.bind, port),
+                    a.proxy.clone()?,
+                ))
+            })
+            .collect()
     }
 
     /// Graceful stop of every instance, all apps in parallel; returns when every process is gone.
@@ -350,14 +454,8 @@ impl Supervisor {
                     memory_bytes: usage.map(|u| u.0),
                     cpu_seconds: usage.map(|u| u.1),
                     last_exit: s.last_exit,
-                    last_stderr: i
-                        .cell
-                        .stderr_tail
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .iter()
-                        .cloned()
-                        .collect(),
+                    last_stderr: i.cell.stderr_tail(),
+                    reloads: s.reloads,
                     next_start_in_secs: s
                         .next_start
                         .map(|t| t.saturating_duration_since(now).as_secs_f64()),
@@ -372,12 +470,51 @@ impl Supervisor {
             port: cfg.port,
             instances,
             log_lines_dropped: rt.log.dropped(),
+            proxy: rt.proxy.as_ref().map(|p| {
+                let m = p.metrics();
+                crate::protocol::ProxyStatus {
+                    in_flight: m.in_flight,
+                    requests_by_class: m.requests_by_class,
+                    ready_backends: m.backends.iter().filter(|b| b.ready).count(),
+                }
+            }),
         }
     }
 
     /// The pid of the guardian process, if any.
     pub fn guardian_pid(&self) -> Option<i32> {
         self.shared.guardian.as_ref().map(|g| g.pid().as_raw())
+    }
+}
+
+async fn send(
+    inst: &InstanceHandle,
+    cmd: Cmd,
+) -> Result<oneshot::Receiver<Outcome>, SupervisorError> {
+    let (done, rx) = oneshot::channel();
+    inst.tx
+        .send(Request { cmd, done })
+        .await
+        .map_err(|_| SupervisorError::ShuttingDown)?;
+    Ok(rx)
+}
+
+fn strategy_name(s: ReloadStrategy) -> &'static str {
+    match s {
+        ReloadStrategy::BlueGreen => "blue-green",
+        ReloadStrategy::Restart => "restart",
+        ReloadStrategy::InPlace => "in-place",
+    }
+}
+
+/// The proxy settings of an app, from its config.
+fn proxy_config(app: &AppConfig) -> ProxyConfig {
+    ProxyConfig {
+        hold: app.proxy.hold,
+        connect_timeout: app.proxy.connect_timeout,
+        response_timeout: app.proxy.response_timeout,
+        idle_timeout: app.proxy.idle_timeout,
+        ..ProxyConfig::default()
     }
 }
 

@@ -161,7 +161,7 @@ fn sigterm_stops_every_app_gracefully_and_exits_0() {
     assert!(!p.path().join(".windlass/control.sock").exists());
     let out = sup.stdout();
     assert!(
-        out.contains("hello.0 | [windlass] stopping (SIGTERM)"),
+        out.contains("hello.0 | [windlass] stopping pid ") && out.contains("(SIGTERM)"),
         "{out}"
     );
 }
@@ -192,22 +192,34 @@ fn a_second_interrupt_kills_at_once() {
 #[test]
 fn env_env_file_port_and_instance_reach_the_app() {
     let p = Project::empty();
+    let port = free_port();
     p.write(".env", "# secrets\nFROM_FILE=file\nOVERRIDDEN=file\n");
     p.write(
         "windlass.toml",
-        "[app.envy]\ncommand = [\"sh\", \"-c\", \"echo vars $PROJECT_PORT $INSTANCE $FROM_FILE $OVERRIDDEN $WINDLASS_APP; exec sleep 1000\"]\n\
-         port = 18999\nport_env = \"PROJECT_PORT\"\ninstances = 2\nenv_file = \".env\"\nenv = { OVERRIDDEN = \"toml\" }\n",
+        &format!(
+            "[app.envy]\ncommand = [\"sh\", \"-c\", \"echo vars $PROJECT_PORT $INSTANCE $FROM_FILE $OVERRIDDEN $WINDLASS_APP; exec sleep 1000\"]\n\
+             port = {port}\nport_env = \"PROJECT_PORT\"\ninstances = 2\nenv_file = \".env\"\nenv = {{ OVERRIDDEN = \"toml\" }}\n"
+        ),
     );
     let _sup = p.up(&[]);
-    wait_for("both instances' lines", DEADLINE, || {
+    // Behind the proxy each instance gets its own private port, not the public one.
+    let private = wait_for("both instances' lines", DEADLINE, || {
         let lines = p.log_lines("envy");
-        let has = |i: u32| {
-            lines
-                .iter()
-                .any(|l| l.ends_with(&format!(" {i} out vars 18999 {i} file toml envy")))
+        let port_of = |i: u32| -> Option<u16> {
+            lines.iter().find_map(|l| {
+                let rest = l.split_once(&format!(" {i} out vars "))?.1;
+                let (port, tail) = rest.split_once(' ')?;
+                (tail == format!("{i} file toml envy")).then(|| port.parse().ok())?
+            })
         };
-        (has(0) && has(1)).then_some(())
+        Some((port_of(0)?, port_of(1)?))
     });
+    assert_ne!(private.0, private.1);
+    assert!(
+        private.0 != port && private.1 != port,
+        "{private:?} vs public {port}"
+    );
+    assert_eq!(p.instance("envy", 0)["port"], private.0);
 }
 
 #[test]

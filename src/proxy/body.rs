@@ -1,0 +1,241 @@
+//! Streaming bodies in both directions, frame by frame (never buffered whole).
+//! [`RequestBody`] carries the client's body to the app and reports when it ended, so
+//! the response timeout starts only once the upload is done (and a client whose body
+//! broke off is blamed, not the app). [`ResponseBody`] carries the app's body (or a
+//! proxy-made page) to the client and owns the request's [`Completion`]: when the body
+//! is done the upstream connection goes back to the pool, the instance's in-flight count
+//! drops (which is what a drain waits for) and status and latency are recorded.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::proxy::Shared;
+use crate::proxy::backend::InFlight;
+use crate::proxy::metrics::UpstreamCause;
+use crate::proxy::pool::Sender;
+
+/// How the client's request body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyEnd {
+    Complete,
+    Failed,
+}
+
+/// The request body sent upstream.
+pub(crate) struct RequestBody {
+    inner: Option<Incoming>,
+    end: Option<oneshot::Sender<BodyEnd>>,
+}
+
+impl RequestBody {
+    /// Wraps the client's body; the receiver (absent for an empty body) fires when the
+    /// body has been read to its end or failed.
+    pub(crate) fn new(incoming: Incoming) -> (RequestBody, Option<oneshot::Receiver<BodyEnd>>) {
+        if incoming.is_end_stream() {
+            return (RequestBody::empty(), None);
+        }
+        let (tx, rx) = oneshot::channel();
+        let body = RequestBody {
+            inner: Some(incoming),
+            end: Some(tx),
+        };
+        (body, Some(rx))
+    }
+
+    pub(crate) fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            end: None,
+        }
+    }
+
+    fn signal(&mut self, end: BodyEnd) {
+        if let Some(tx) = self.end.take() {
+            // The receiver may be gone (response already arrived); nothing to tell then.
+            let _ = tx.send(end);
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        match &frame {
+            None => this.signal(BodyEnd::Complete),
+            Some(Err(_)) => this.signal(BodyEnd::Failed),
+            Some(Ok(_)) => {
+                if this.inner.as_ref().is_none_or(Body::is_end_stream) {
+                    this.signal(BodyEnd::Complete);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            None => SizeHint::with_exact(0),
+            Some(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Bookkeeping of one client request, settled when dropped.
+pub(crate) struct Completion {
+    shared: Arc<Shared>,
+    start: Instant,
+    status: u16,
+    ended: bool,
+    upstream: Option<(InFlight, Option<Sender>)>,
+}
+
+impl Completion {
+    pub(crate) fn start(shared: Arc<Shared>, start: Instant) -> Completion {
+        shared.metrics.request_started();
+        Completion {
+            shared,
+            start,
+            status: 0,
+            ended: false,
+            upstream: None,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some((guard, conn)) = self.upstream.take() {
+            if self.ended
+                && let Some(conn) = conn
+            {
+                guard.backend().pool.put(conn);
+            }
+            drop(guard);
+        }
+        self.shared
+            .metrics
+            .request_finished(self.status, self.start.elapsed(), self.ended);
+    }
+}
+
+enum Kind {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+/// The response body sent to the client.
+pub(crate) struct ResponseBody {
+    kind: Kind,
+    done: Completion,
+}
+
+impl ResponseBody {
+    /// The app's body; `conn` goes back to the pool if the body is read to its end.
+    pub(crate) fn upstream(
+        body: Incoming,
+        mut done: Completion,
+        status: u16,
+        guard: InFlight,
+        conn: Option<Sender>,
+    ) -> ResponseBody {
+        done.status = status;
+        done.upstream = Some((guard, conn));
+        ResponseBody {
+            kind: Kind::Upstream(body),
+            done,
+        }
+    }
+
+    /// A body made by the proxy (error page, or the empty body of a `101`).
+    pub(crate) fn full(bytes: Bytes, mut done: Completion, status: u16) -> ResponseBody {
+        done.status = status;
+        done.ended = true;
+        ResponseBody {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            done,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(body) => {
+                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+                match &frame {
+                    None => this.done.ended = true,
+                    Some(Ok(_)) => this.done.ended = body.is_end_stream(),
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "upstream response body failed");
+                        this.done
+                            .shared
+                            .metrics
+                            .upstream_error(UpstreamCause::Reset);
+                        // Never reuse a connection that failed mid-body.
+                        if let Some((_, conn)) = this.done.upstream.as_mut() {
+                            *conn = None;
+                        }
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper may stop polling once `is_end_stream` says so, without a final `None`.
+        if let Kind::Upstream(body) = &self.kind
+            && body.is_end_stream()
+        {
+            self.done.ended = true;
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Forwarding one request (the hot path): rewrite the head, pick an instance (holding
+//! while none is ready), get a pooled or new upstream connection, send, and hand the
+//! response back with its body streaming. The request is only given to hyper once a
+//! connection exists, so a refused or timed-out connect is retried on another instance
+//! (or the same one after a short wait) without having touched the body; a pooled
+//! connection that died before the request was written gives the request back
+//! (`try_send_request`) and the request goes out on a fresh connection. Once bytes have
+//! been written the request is never retried. The response timeout starts when the
+//! request body has been sent in full, so slow uploads are not cut off.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::proxy::Shared;
+use crate::proxy::backend::{Backend, BackendId, InFlight};
+use crate::proxy::body::{BodyEnd, Completion, RequestBody, ResponseBody};
+use crate::proxy::error::{Fault, ProxyError};
+use crate::proxy::headers;
+use crate::proxy::hold::Hold;
+use crate::proxy::pool::{self, Sender};
+use crate::proxy::tunnel;
+
+/// How many times a request given back unsent is re-sent before giving up.
+const MAX_UNSENT_RETRIES: u32 = 3;
+
+const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+const RETRY_AFTER: HeaderValue = HeaderValue::from_static("5");
+
+/// Proxies one client request. Never fails: errors become proxy-made responses.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    client_ip: HeaderValue,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let done = Completion::start(Arc::clone(&shared), start);
+
+    let upgrade = headers::upgrade_protocol(req.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    headers::prepare_request(&mut parts, &client_ip, upgrade);
+    let (body, body_end) = RequestBody::new(body);
+    let req = Request::from_parts(parts, body);
+
+    let Exchange {
+        response,
+        guard,
+        conn,
+    } = match exchange(&shared, req, body_end, start).await {
+        Ok(x) => x,
+        Err(e) => return error_response(done, e),
+    };
+
+    let status = response.status();
+    match (status, client_upgrade) {
+        (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) => {
+            let mut response = response;
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let (mut parts, _empty) = response.into_parts();
+            headers::prepare_response(&mut parts.headers, true);
+            drop(conn);
+            tunnel::spawn(
+                shared,
+                client_upgrade,
+                upstream_upgrade,
+                guard.into_upgraded(),
+            );
+            Response::from_parts(
+                parts,
+                ResponseBody::full(Bytes::new(), done, status.as_u16()),
+            )
+        }
+        (StatusCode::SWITCHING_PROTOCOLS, None) => {
+            let addr = guard.backend().addr;
+            drop((guard, conn, response));
+            let e = ProxyError::UnexpectedSwitch { addr };
+            shared
+                .metrics
+                .upstream_error(crate::proxy::UpstreamCause::Reset);
+            error_response(done, e)
+        }
+        (_, client_upgrade) => {
+            let (mut parts, body) = response.into_parts();
+            headers::prepare_response(&mut parts.headers, false);
+            parts.version = Version::HTTP_11;
+            // A connection that carried an upgrade request (even a refused one) is not reused.
+            let conn = client_upgrade.is_none().then_some(conn);
+            let body = ResponseBody::upstream(body, done, status.as_u16(), guard, conn);
+            Response::from_parts(parts, body)
+        }
+    }
+}
+
+struct Exchange {
+    response: Response<Incoming>,
+    guard: InFlight,
+    conn: Sender,
+}
+
+enum SendError {
+    /// Boxed: rare, and it would make every result of `send` large.
+    Unsent(Box<Request<RequestBody>>, hyper::Error),
+    Failed(ProxyError),
+}
+
+async fn exchange(
+    shared: &Shared,
+    mut req: Request<RequestBody>,
+    mut body_end: Option<oneshot::Receiver<BodyEnd>>,
+    start: Instant,
+) -> Result<Exchange, ProxyError> {
+    let cfg = &shared.cfg;
+    let mut hold = Hold::new(start + cfg.hold);
+    let mut tried: Vec<BackendId> = Vec::new();
+    let mut last_connect_error: Option<ProxyError> = None;
+    let mut unsent = 0;
+    loop {
+        let Some(guard) = hold.pick(&shared.router, &mut tried).await else {
+            // Connect errors were counted as they happened.
+            return Err(last_connect_error.unwrap_or_else(|| {
+                shared
+                    .metrics
+                    .upstream_error(crate::proxy::UpstreamCause::NoReadyBackend);
+                ProxyError::NoReadyBackend { held: cfg.hold }
+            }));
+        };
+        let backend = guard.backend();
+        let mut conn = match checkout(backend, unsent > 0, cfg.connect_timeout).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                if let Some(cause) = e.upstream_cause() {
+                    shared.metrics.upstream_error(cause);
+                }
+                tracing::debug!(app = %shared.app, backend = %backend.id, error = %e, "connect failed; retrying");
+                tried.push(backend.id);
+                last_connect_error = Some(e);
+                continue;
+            }
+        };
+        let addr = backend.addr;
+        match send(&mut conn, req, &mut body_end, cfg.response_timeout, addr).await {
+            Ok(response) => {
+                return Ok(Exchange {
+                    response,
+                    guard,
+                    conn,
+                });
+            }
+            Err(SendError::Unsent(back, source)) => {
+                unsent += 1;
+                if unsent > MAX_UNSENT_RETRIES {
+                    shared
+                        .metrics
+                        .upstream_error(crate::proxy::UpstreamCause::Reset);
+                    return Err(ProxyError::Upstream { addr, source });
+                }
+                req = *back;
+            }
+            Err(SendError::Failed(e)) => {
+                if let Some(cause) = e.upstream_cause() {
+                    shared.metrics.upstream_error(cause);
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// An idle pooled connection (unless `fresh`), or a new one.
+async fn checkout(backend: &Backend, fresh: bool, timeout: Duration) -> Result<Sender, ProxyError> {
+    if !fresh {
+        while let Some(mut conn) = backend.pool.take() {
+            if conn.is_ready() {
+                return Ok(conn);
+            }
+            // Returned at the end of its last response; the connection task may not
+            // have caught up yet.
+            if let Ok(Ok(())) = tokio::time::timeout(timeout, conn.ready()).await {
+                return Ok(conn);
+            }
+        }
+    }
+    pool::connect(backend.addr, timeout).await
+}
+
+async fn send(
+    conn: &mut Sender,
+    req: Request<RequestBody>,
+    body_end: &mut Option<oneshot::Receiver<BodyEnd>>,
+    timeout: Duration,
+    addr: std::net::SocketAddr,
+) -> Result<Response<Incoming>, SendError> {
+    let fut = conn.try_send_request(req);
+    tokio::pin!(fut);
+    // While the body is still uploading the response timeout does not run.
+    let mut uploaded = false;
+    let early = match body_end.as_mut() {
+        None => None,
+        Some(end) => tokio::select! {
+            biased;
+            r = &mut fut => Some(r),
+            _ = end => {
+                uploaded = true;
+                None
+            }
+        },
+    };
+    if uploaded {
+        *body_end = None;
+    }
+    let result = match early {
+        Some(r) => r,
+        None => match tokio::time::timeout(timeout, &mut fut).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(SendError::Failed(ProxyError::ResponseTimeout {
+                    addr,
+                    after: timeout,
+                }));
+            }
+        },
+    };
+    match result {
+        Ok(response) => Ok(response),
+        Err(mut e) => {
+            if let Some(req) = e.take_message() {
+                return Err(SendError::Unsent(Box::new(req), e.into_error()));
+            }
+            let source = e.into_error();
+            let client_failed = body_end
+                .as_mut()
+                .is_some_and(|end| end.try_recv() == Ok(BodyEnd::Failed));
+            Err(SendError::Failed(if client_failed {
+                ProxyError::Downstream { source }
+            } else {
+                ProxyError::Upstream { addr, source }
+            }))
+        }
+    }
+}
+
+fn error_response(done: Completion, e: ProxyError) -> Response<ResponseBody> {
+    let shared = Arc::clone(done.shared());
+    match e.fault() {
+        Fault::Upstream => {
+            tracing::warn!(app = %shared.app, error = %e, source = ?std::error::Error::source(&e), "proxy error")
+        }
+        Fault::Downstream => shared.metrics.downstream_error(),
+        Fault::Internal => {
+            shared.metrics.internal_error();
+            tracing::error!(app = %shared.app, error = %e, "internal proxy error");
+        }
+    }
+    let status = e.status();
+    let page = Bytes::from(e.page(&shared.app));
+    let mut response = Response::new(ResponseBody::full(page, done, status.as_u16()));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, TEXT_PLAIN);
+    h.insert(header::CACHE_CONTROL, NO_STORE);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, RETRY_AFTER);
+    }
+    response
+}

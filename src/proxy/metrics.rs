@@ -1,0 +1,326 @@
+//! Per-app proxy metrics: plain atomics bumped on the request path and read as a
+//! [`MetricsSnapshot`]. There are no globals: each [`AppProxy`](crate::proxy::AppProxy)
+//! owns one [`Metrics`] and the admin listener turns snapshots into Prometheus text
+//! (`windlass_proxy_requests_total{app,code}`, a duration histogram, an in-flight gauge,
+//! upstream errors by cause). Counters use `Relaxed` ordering: they are statistics, not
+//! synchronisation, and this keeps the hot path to a handful of uncontended increments.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histogram buckets; a last implicit `+Inf`
+/// bucket catches everything slower.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The same bounds in microseconds, so the hot path compares integers.
+const BUCKET_MICROS: [u64; 14] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000, 30_000_000,
+];
+
+const NBUCKETS: usize = LATENCY_BUCKETS.len() + 1;
+
+/// Why the proxy failed to get an answer from the app (the metric label of upstream errors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UpstreamCause {
+    /// The instance refused the TCP connection (nothing listening).
+    ConnectRefused,
+    /// The TCP connection was not established within `connect_timeout`.
+    ConnectTimeout,
+    /// No response headers within `response_timeout` after the request was sent.
+    ResponseTimeout,
+    /// The connection was reset or closed mid-exchange, or another transport error.
+    Reset,
+    /// No instance became ready within the hold time.
+    NoReadyBackend,
+}
+
+impl UpstreamCause {
+    /// Every cause, in the order of [`UpstreamErrors`] fields.
+    pub const ALL: [UpstreamCause; 5] = [
+        UpstreamCause::ConnectRefused,
+        UpstreamCause::ConnectTimeout,
+        UpstreamCause::ResponseTimeout,
+        UpstreamCause::Reset,
+        UpstreamCause::NoReadyBackend,
+    ];
+
+    /// The Prometheus label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamCause::ConnectRefused => "connect_refused",
+            UpstreamCause::ConnectTimeout => "connect_timeout",
+            UpstreamCause::ResponseTimeout => "response_timeout",
+            UpstreamCause::Reset => "reset",
+            UpstreamCause::NoReadyBackend => "no_ready_backend",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The live counters of one app. Internal; read through [`MetricsSnapshot`].
+#[derive(Default)]
+pub(crate) struct Metrics {
+    requests: [AtomicU64; 5],
+    latency: [AtomicU64; NBUCKETS],
+    latency_sum_micros: AtomicU64,
+    in_flight: AtomicUsize,
+    upstream_errors: [AtomicU64; 5],
+    client_aborted: AtomicU64,
+    downstream_errors: AtomicU64,
+    internal_errors: AtomicU64,
+    upgraded_open: AtomicUsize,
+    upgrades_total: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn request_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// Records the end of a request. `status == 0` means no response head was sent
+    /// (the client went away first); `delivered` is false when the body did not reach
+    /// its end.
+    pub(crate) fn request_finished(&self, status: u16, elapsed: Duration, delivered: bool) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        if status == 0 {
+            self.client_aborted.fetch_add(1, Relaxed);
+            return;
+        }
+        if !delivered {
+            self.client_aborted.fetch_add(1, Relaxed);
+        }
+        self.requests[class_index(status)].fetch_add(1, Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.latency[bucket_index(micros)].fetch_add(1, Relaxed);
+        self.latency_sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    pub(crate) fn upstream_error(&self, cause: UpstreamCause) {
+        self.upstream_errors[cause.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn downstream_error(&self) {
+        self.downstream_errors.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn internal_error(&self) {
+        self.internal_errors.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn upgrade_opened(&self) {
+        self.upgrades_total.fetch_add(1, Relaxed);
+        self.upgraded_open.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn upgrade_closed(&self) {
+        self.upgraded_open.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, app: &str, backends: Vec<BackendStatus>) -> MetricsSnapshot {
+        let load = |a: &AtomicU64| a.load(Relaxed);
+        let errors: [u64; 5] = std::array::from_fn(|i| load(&self.upstream_errors[i]));
+        MetricsSnapshot {
+            app: app.to_owned(),
+            requests_by_class: std::array::from_fn(|i| load(&self.requests[i])),
+            latency: LatencySnapshot {
+                bounds: &LATENCY_BUCKETS,
+                counts: self.latency.iter().map(load).collect(),
+                sum_seconds: load(&self.latency_sum_micros) as f64 / 1e6,
+            },
+            in_flight: self.in_flight.load(Relaxed),
+            upstream_errors: UpstreamErrors {
+                connect_refused: errors[0],
+                connect_timeout: errors[1],
+                response_timeout: errors[2],
+                reset: errors[3],
+                no_ready_backend: errors[4],
+            },
+            client_aborted: load(&self.client_aborted),
+            downstream_errors: load(&self.downstream_errors),
+            internal_errors: load(&self.internal_errors),
+            upgraded_open: self.upgraded_open.load(Relaxed),
+            upgrades_total: load(&self.upgrades_total),
+            backends,
+        }
+    }
+}
+
+fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+fn bucket_index(micros: u64) -> usize {
+    BUCKET_MICROS
+        .iter()
+        .position(|&bound| micros <= bound)
+        .unwrap_or(BUCKET_MICROS.len())
+}
+
+/// A point-in-time copy of an app's proxy metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSnapshot {
+    /// The app name.
+    pub app: String,
+    /// Responses sent, by status class: index 0 is 1xx, 4 is 5xx (proxy-made errors included).
+    pub requests_by_class: [u64; 5],
+    /// Request duration (request head received to response body done).
+    pub latency: LatencySnapshot,
+    /// Requests being handled now (held, waiting for the upstream, or streaming a body).
+    pub in_flight: usize,
+    /// Failures to get an answer from the app, by cause. Connect failures count once per
+    /// attempt, even when a retry on another instance then succeeded.
+    pub upstream_errors: UpstreamErrors,
+    /// Requests the client abandoned before the response was fully delivered.
+    pub client_aborted: u64,
+    /// Requests that failed because of the client (e.g. its request body broke off).
+    pub downstream_errors: u64,
+    /// Requests that failed because of the proxy itself.
+    pub internal_errors: u64,
+    /// Upgraded (WebSocket, ...) connections open now.
+    pub upgraded_open: usize,
+    /// Upgraded connections opened since start.
+    pub upgrades_total: u64,
+    /// One row per registered instance.
+    pub backends: Vec<BackendStatus>,
+}
+
+impl MetricsSnapshot {
+    /// Responses of the status class `class` (1 to 5); 0 for any other value.
+    pub fn requests_of_class(&self, class: u8) -> u64 {
+        match class {
+            1..=5 => self.requests_by_class[usize::from(class) - 1],
+            _ => 0,
+        }
+    }
+
+    /// All responses sent.
+    pub fn requests_total(&self) -> u64 {
+        self.requests_by_class.iter().sum()
+    }
+}
+
+/// Upstream error counters, one per [`UpstreamCause`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamErrors {
+    pub connect_refused: u64,
+    pub connect_timeout: u64,
+    pub response_timeout: u64,
+    pub reset: u64,
+    pub no_ready_backend: u64,
+}
+
+impl UpstreamErrors {
+    /// The counter of `cause`.
+    pub fn get(&self, cause: UpstreamCause) -> u64 {
+        match cause {
+            UpstreamCause::ConnectRefused => self.connect_refused,
+            UpstreamCause::ConnectTimeout => self.connect_timeout,
+            UpstreamCause::ResponseTimeout => self.response_timeout,
+            UpstreamCause::Reset => self.reset,
+            UpstreamCause::NoReadyBackend => self.no_ready_backend,
+        }
+    }
+}
+
+/// A latency histogram: `counts[i]` requests took at most `bounds[i]` seconds and more
+/// than `bounds[i - 1]`; the last count (index `bounds.len()`) is the `+Inf` bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencySnapshot {
+    pub bounds: &'static [f64],
+    pub counts: Vec<u64>,
+    pub sum_seconds: f64,
+}
+
+impl LatencySnapshot {
+    /// Prometheus-style cumulative counts (`le` buckets; the last one is `+Inf`).
+    pub fn cumulative(&self) -> Vec<u64> {
+        self.counts
+            .iter()
+            .scan(0u64, |acc, &c| {
+                *acc += c;
+                Some(*acc)
+            })
+            .collect()
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// The state of one registered instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStatus {
+    pub id: crate::proxy::BackendId,
+    pub addr: std::net::SocketAddr,
+    /// In rotation (receives new requests).
+    pub ready: bool,
+    /// Replaced or being drained: never receives new requests again.
+    pub retired: bool,
+    /// Requests assigned to it and not finished.
+    pub in_flight: usize,
+    /// Upgraded connections open to it.
+    pub upgraded: usize,
+    /// Idle keep-alive connections kept for reuse.
+    pub idle_connections: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes_map_to_indexes() {
+        assert_eq!(class_index(101), 0);
+        assert_eq!(class_index(200), 1);
+        assert_eq!(class_index(399), 2);
+        assert_eq!(class_index(404), 3);
+        assert_eq!(class_index(503), 4);
+        assert_eq!(class_index(0), 0);
+        assert_eq!(class_index(999), 4);
+    }
+
+    #[test]
+    fn buckets_are_inclusive_upper_bounds() {
+        assert_eq!(bucket_index(0), 0);
+        assert_eq!(bucket_index(1_000), 0);
+        assert_eq!(bucket_index(1_001), 1);
+        assert_eq!(bucket_index(30_000_000), 13);
+        assert_eq!(bucket_index(30_000_001), 14);
+        assert_eq!(BUCKET_MICROS.len(), LATENCY_BUCKETS.len());
+        for (m, s) in BUCKET_MICROS.iter().zip(LATENCY_BUCKETS) {
+            assert_eq!(*m, (s * 1e6).round() as u64);
+        }
+    }
+
+    #[test]
+    fn snapshot_counts_and_cumulates() {
+        let m = Metrics::default();
+        m.request_started();
+        m.request_started();
+        m.request_started();
+        m.request_finished(200, Duration::from_micros(500), true);
+        m.request_finished(503, Duration::from_millis(40), true);
+        m.upstream_error(UpstreamCause::NoReadyBackend);
+        let s = m.snapshot("web", Vec::new());
+        assert_eq!(s.in_flight, 1);
+        assert_eq!(s.requests_of_class(2), 1);
+        assert_eq!(s.requests_of_class(5), 1);
+        assert_eq!(s.requests_total(), 2);
+        assert_eq!(s.upstream_errors.get(UpstreamCause::NoReadyBackend), 1);
+        let cum = s.latency.cumulative();
+        assert_eq!(cum.len(), LATENCY_BUCKETS.len() + 1);
+        assert_eq!(cum[0], 1);
+        assert_eq!(*cum.last().expect("non-empty"), 2);
+        assert!((s.latency.sum_seconds - 0.0405).abs() < 1e-9);
+        m.request_finished(0, Duration::ZERO, false);
+        assert_eq!(m.snapshot("web", Vec::new()).client_aborted, 1);
+    }
+}
