@@ -6,11 +6,14 @@
 //! control socket), [`daemon`] (the long-running process), [`cli`] (one file per verb), and
 //! [`protocol`] (wire types shared by the control server and its clients).
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dashboard;
 pub mod logs;
+pub mod metrics;
 pub mod protocol;
 pub mod supervisor;
 

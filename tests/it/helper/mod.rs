@@ -83,8 +83,15 @@ pub struct Project {
 }
 
 impl Project {
+    /// A project with this `windlass.toml`. Without an `[admin]` table, the admin listener
+    /// goes on an ephemeral port (`127.0.0.1:0`) so parallel tests never share 9180.
     pub fn new(config: &str) -> Project {
         let dir = tempfile::tempdir().expect("tempdir");
+        let config = if config.contains("[admin]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
+        };
         std::fs::write(dir.path().join("windlass.toml"), config).expect("write config");
         Project { dir }
     }
