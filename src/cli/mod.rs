@@ -8,6 +8,7 @@ mod ctl;
 mod logs;
 pub mod output;
 mod status;
+mod top;
 mod up;
 
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ Examples:
   windlass status             one row per app instance
   windlass logs web -f        follow the logs of app `web`
   windlass restart web        restart app `web`
+  windlass top                live CPU, memory and requests per instance
   windlass down               stop every app and the supervisor";
 
 /// Run, supervise, hot-reload, monitor and deploy web apps.
@@ -59,6 +61,7 @@ pub enum Command {
     Stop(ctl::AppArgs),
     Restart(ctl::AppArgs),
     Check(check::Args),
+    Top(top::Args),
 }
 
 /// An error on its way to the terminal: message, hint, exit code.
@@ -239,6 +242,7 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Stop(a) => ctl::act(a, Action::Stop).await,
         Command::Restart(a) => ctl::act(a, Action::Restart).await,
         Command::Check(a) => check::run(a),
+        Command::Top(a) => top::run(a).await,
     }
 }
 

@@ -6,4 +6,5 @@ mod helper;
 mod config;
 mod control;
 mod logs;
+mod observe;
 mod supervise;
