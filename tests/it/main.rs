@@ -5,6 +5,7 @@ mod helper;
 
 mod config;
 mod control;
+mod dashboard;
 mod logs;
 mod observe;
 mod supervise;

@@ -138,10 +138,13 @@ function drawChart(canvas, series, colors, fmt) {
   }
   c.fillStyle = "#5d7186"; c.font = "10px system-ui, sans-serif";
   c.fillText(fmt(max), 2, top + 9);
-  c.fillText("5 min ago", 2, h - 2);
+  // The x axis spans what was collected (at least a minute), up to HISTORY points.
+  const span = Math.min(HISTORY, Math.max(30, ...series.map((x) => x.length)));
+  const secs = Math.round(((span - 1) * POLL_MS) / 1000);
+  c.fillText(secs >= 120 ? `${Math.round(secs / 60)} min ago` : `${secs} s ago`, 2, h - 2);
   c.textAlign = "right"; c.fillText("now", w - 2, h - 2); c.textAlign = "left";
   series.forEach((s, k) => {
-    const step = w / (HISTORY - 1);
+    const step = w / (span - 1);
     const x0 = w - (s.length - 1) * step;
     const pts = [];
     s.forEach((v, i) => { if (v != null && isFinite(v)) pts.push([x0 + i * step, bottom - ((bottom - top) * v) / max]); });
@@ -287,6 +290,7 @@ function push(arr, v) { arr.push(v); if (arr.length > HISTORY) arr.shift(); }
 function updateCharts(entry, a, m) {
   const mem = a.instances.reduce((s, i) => s + (i.memory_bytes || 0), 0);
   push(entry.hist.mem, mem);
+  entry.card.dataset.samples = String(entry.hist.mem.length);
   const now = performance.now();
   let rps = null, p50 = null, p99 = null;
   if (m && entry.prev) {
