@@ -16,8 +16,10 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
+use crate::admin;
 use crate::config::Config;
 use crate::control;
+use crate::metrics::Metrics;
 use crate::supervisor::{Options, Supervisor, SupervisorError};
 
 /// Where windlass keeps a project's files (DESIGN.md, "Files").
@@ -68,6 +70,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 impl DaemonError {
@@ -87,6 +91,7 @@ impl DaemonError {
                 ))
             }
             DaemonError::Bind { .. } => Some("check `port` and `bind` in the config".into()),
+            DaemonError::Admin(e) => Some(e.hint()),
             DaemonError::Io { .. } | DaemonError::Watch(_) => None,
         }
     }
@@ -149,6 +154,11 @@ pub async fn run(
         .map_err(io_err(&pid_file))?;
     let socket = paths.socket();
     let listener = control::bind(&socket).map_err(io_err(&socket))?;
+    let admin_cfg = config.admin.clone();
+    let admin_listener = match admin_cfg.listen {
+        Some(addr) => Some(admin::bind(addr).await?),
+        None => None,
+    };
 
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(io_err(Path::new("signal handler")))?;
@@ -203,6 +213,7 @@ pub async fn run(
             let _ = reloader.reload(&app).await;
         }
     });
+    let metrics = Metrics::new(&supervisor);
     let down = Arc::new(Notify::new());
     let (stopped_tx, stopped_rx) = watch::channel(false);
     let ctx = control::Ctx {
@@ -211,6 +222,25 @@ pub async fn run(
         stopped: stopped_rx,
     };
     let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
+    let admin_server = admin_listener.map(|l| {
+        let admin = admin::Admin {
+            token: admin_cfg.token.clone(),
+            loopback: l.local_addr().is_ok_and(|a| a.ip().is_loopback()),
+            metrics: metrics.clone(),
+        };
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(%a, "admin listener: http://{a}/dashboard, http://{a}/metrics");
+        }
+        let router = admin::router(admin, ctx.clone());
+        let mut stop = server_stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(l, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    });
     let server = tokio::spawn(async move {
         axum::serve(listener, control::router(ctx))
             .with_graceful_shutdown(async move {
@@ -247,6 +277,10 @@ pub async fn run(
     }
     // Give `down` its answer; streaming clients are cut after a short grace.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    if let Some(a) = admin_server {
+        // Dashboards hold log streams open; they are cut after the same grace.
+        let _ = tokio::time::timeout(Duration::from_millis(500), a).await;
+    }
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&pid_file);
     Ok(())

@@ -6,12 +6,15 @@
 //! control socket), [`daemon`] (the long-running process), [`cli`] (one file per verb), and
 //! [`protocol`] (wire types shared by the control server and its clients).
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dashboard;
 pub mod health;
 pub mod logs;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod supervisor;

@@ -8,6 +8,7 @@ mod ctl;
 mod logs;
 pub mod output;
 mod status;
+mod top;
 mod up;
 
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ Examples:
   windlass logs web -f        follow the logs of app `web`
   windlass restart web        restart app `web`
   windlass reload web         zero-downtime reload of app `web`
+  windlass top                live CPU, memory and requests per instance
   windlass down               stop every app and the supervisor";
 
 /// Run, supervise, hot-reload, monitor and deploy web apps.
@@ -61,6 +63,7 @@ pub enum Command {
     Restart(ctl::AppArgs),
     Reload(ctl::ReloadArgs),
     Check(check::Args),
+    Top(top::Args),
 }
 
 /// An error on its way to the terminal: message, hint, exit code.
@@ -244,6 +247,7 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Restart(a) => ctl::act(a, Action::Restart).await,
         Command::Reload(a) => ctl::reload(a).await,
         Command::Check(a) => check::run(a),
+        Command::Top(a) => top::run(a).await,
     }
 }
 

@@ -216,7 +216,8 @@ impl Default for LogsConfig {
 
 #[derive(Clone)]
 pub struct AdminConfig {
-    pub listen: SocketAddr,
+    /// Where `/metrics`, `/dashboard` and `/api` are served; `None` when `listen = "off"`.
+    pub listen: Option<SocketAddr>,
     pub token: Option<String>,
 }
 
@@ -232,7 +233,7 @@ impl fmt::Debug for AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9180))),
             token: None,
         }
     }

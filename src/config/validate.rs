@@ -383,6 +383,7 @@ fn resolve_admin(cx: &mut Ctx<'_>, raw: Option<&super::raw::RawAdmin>) -> AdminC
     let token = raw.token.clone().filter(|t| !t.is_empty());
     let listen = match &raw.listen {
         None => d.listen,
+        Some(l) if l.get_ref() == "off" => None,
         Some(l) => match l.get_ref().parse::<SocketAddr>() {
             Ok(a) => {
                 if !a.ip().is_loopback() && token.is_none() {
@@ -392,13 +393,13 @@ fn resolve_admin(cx: &mut Ctx<'_>, raw: Option<&super::raw::RawAdmin>) -> AdminC
                         Some("set `token` in [admin] (actions then need `Authorization: Bearer TOKEN`), or listen on 127.0.0.1".into()),
                     );
                 }
-                a
+                Some(a)
             }
             Err(_) => {
                 cx.error(
                     Some(l.span()),
                     format!("invalid `listen` address `{}`", l.get_ref()),
-                    Some("write an IP and a port, like \"127.0.0.1:9180\"".into()),
+                    Some("write an IP and a port, like \"127.0.0.1:9180\", or \"off\"".into()),
                 );
                 d.listen
             }

@@ -5,6 +5,8 @@ mod helper;
 
 mod config;
 mod control;
+mod dashboard;
 mod logs;
+mod observe;
 mod reload;
 mod supervise;

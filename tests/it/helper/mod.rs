@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -83,8 +85,15 @@ pub struct Project {
 }
 
 impl Project {
+    /// A project with this `windlass.toml`. Without an `[admin]` table, the admin listener
+    /// goes on an ephemeral port (`127.0.0.1:0`) so parallel tests never share 9180.
     pub fn new(config: &str) -> Project {
         let dir = tempfile::tempdir().expect("tempdir");
+        let config = if config.contains("[admin]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
+        };
         std::fs::write(dir.path().join("windlass.toml"), config).expect("write config");
         Project { dir }
     }
@@ -258,4 +267,54 @@ impl Drop for Supervisor {
             let _ = self.child.wait();
         }
     }
+}
+
+/// One HTTP/1.1 request with extra headers and `Connection: close`; returns (status, body).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed) in a Prometheus text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// `GET /metrics` on the admin port.
+pub fn scrape(admin: u16) -> String {
+    let (code, body) = http_get(admin, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
+    body
 }
