@@ -4,13 +4,16 @@
 //! over [`cli::main`]. Rooms: [`config`] (parse and validate), [`supervisor`] (processes,
 //! restarts, the guardian), [`logs`] (capture and rotation), [`control`] (the API on the
 //! control socket), [`daemon`] (the long-running process), [`cli`] (one file per verb), and
-//! [`protocol`] (wire types shared by the control server and its clients).
+//! [`protocol`] (wire types shared by the control server and its clients); [`init`] detects
+//! projects for `windlass init` and [`ports`] finds who holds a port.
 
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod init;
 pub mod logs;
+pub mod ports;
 pub mod protocol;
 pub mod supervisor;
 

@@ -4,7 +4,9 @@
 //! of the contract: 0 ok, 1 runtime failure, 2 usage or config error, 3 no supervisor running.
 
 mod check;
+mod completions;
 mod ctl;
+mod init;
 mod logs;
 pub mod output;
 mod status;
@@ -31,6 +33,7 @@ const AFTER_HELP: &str = "\
 Exit codes: 0 ok, 1 runtime failure, 2 usage or config error, 3 no supervisor running.
 
 Examples:
+  windlass init               write a windlass.toml for the project here
   windlass up                 run every app of ./windlass.toml in the foreground
   windlass up -d              the same, detached
   windlass status             one row per app instance
@@ -59,6 +62,9 @@ pub enum Command {
     Stop(ctl::AppArgs),
     Restart(ctl::AppArgs),
     Check(check::Args),
+    Init(init::Args),
+    Completions(completions::Args),
+    Man(completions::ManArgs),
 }
 
 /// An error on its way to the terminal: message, hint, exit code.
@@ -123,6 +129,8 @@ impl From<DaemonError> for CliError {
         }
     }
 }
+
+pub use completions::contrib_files;
 
 pub type Result<T = u8> = std::result::Result<T, CliError>;
 
@@ -239,6 +247,9 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Stop(a) => ctl::act(a, Action::Stop).await,
         Command::Restart(a) => ctl::act(a, Action::Restart).await,
         Command::Check(a) => check::run(a),
+        Command::Init(a) => init::run(a),
+        Command::Completions(a) => completions::run(a),
+        Command::Man(a) => completions::man(a),
     }
 }
 

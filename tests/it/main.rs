@@ -4,6 +4,9 @@
 mod helper;
 
 mod config;
+mod contrib;
 mod control;
+mod init;
 mod logs;
+mod output;
 mod supervise;
