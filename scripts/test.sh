@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
+command -v sbcl >/dev/null || need+=(sbcl)      # the Common Lisp fixture of `windlass init`
+command -v node >/dev/null || need+=(nodejs)    # the Node fixture
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

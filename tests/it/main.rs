@@ -6,6 +6,7 @@ mod helper;
 mod config;
 mod contrib;
 mod control;
+mod docs;
 mod init;
 mod logs;
 mod output;
