@@ -213,12 +213,17 @@ async fn detach(args: &Args, config: &crate::config::Config) -> Result {
         }
         if let Ok(status) = client.json::<Status>(Method::GET, "/v1/status").await {
             let mine = || status.apps.iter().filter(|a| selected.contains(&a.name));
+            // A just-spawned instance is `running` even if it is about to crash: count it as
+            // started once it has lived `backoff.reset_after`, the supervisor's own test of a
+            // start that worked (health checks will refine this).
             let settled = mine().all(|a| {
-                a.instances.iter().all(|i| {
-                    matches!(
-                        i.state,
-                        State::Running | State::Crashloop | State::Fatal | State::Exited
-                    )
+                let healthy_after = config
+                    .app(&a.name)
+                    .map_or(0.0, |c| c.backoff.reset_after.as_secs_f64());
+                a.instances.iter().all(|i| match i.state {
+                    State::Running => i.uptime_secs.unwrap_or(0.0) >= healthy_after,
+                    State::Crashloop | State::Fatal | State::Exited => true,
+                    _ => false,
                 })
             });
             if settled || Instant::now() >= deadline {
@@ -235,7 +240,11 @@ async fn detach(args: &Args, config: &crate::config::Config) -> Result {
                 return Ok(if failed { exit::FAILURE } else { exit::OK });
             }
             let waiting: Vec<&str> = mine()
-                .filter(|a| a.instances.iter().any(|i| !i.state.is_settled()))
+                .filter(|a| {
+                    a.instances
+                        .iter()
+                        .any(|i| i.state != State::Running || i.uptime_secs.unwrap_or(0.0) < 1.0)
+                })
                 .map(|a| a.name.as_str())
                 .collect();
             spinner.show(&waiting);
