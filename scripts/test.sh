@@ -12,6 +12,8 @@ command -v curl >/dev/null || need+=(curl)
 command -v promtool >/dev/null || need+=(prometheus)            # promtool check metrics
 command -v chromium >/dev/null || need+=(chromium)              # the dashboard test
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v sbcl >/dev/null || need+=(sbcl)      # the Common Lisp fixture of `windlass init`
+command -v node >/dev/null || need+=(nodejs)    # the Node fixture
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -4,7 +4,8 @@
 //! over [`cli::main`]. Rooms: [`config`] (parse and validate), [`supervisor`] (processes,
 //! restarts, the guardian), [`logs`] (capture and rotation), [`control`] (the API on the
 //! control socket), [`daemon`] (the long-running process), [`cli`] (one file per verb), and
-//! [`protocol`] (wire types shared by the control server and its clients).
+//! [`protocol`] (wire types shared by the control server and its clients); [`init`] detects
+//! projects for `windlass init` and [`ports`] finds who holds a port.
 
 pub mod admin;
 pub mod cli;
@@ -13,8 +14,10 @@ pub mod control;
 pub mod daemon;
 pub mod dashboard;
 pub mod health;
+pub mod init;
 pub mod logs;
 pub mod metrics;
+pub mod ports;
 pub mod protocol;
 pub mod proxy;
 pub mod supervisor;

@@ -4,7 +4,9 @@
 //! of the contract: 0 ok, 1 runtime failure, 2 usage or config error, 3 no supervisor running.
 
 mod check;
+mod completions;
 mod ctl;
+mod init;
 mod logs;
 pub mod output;
 mod status;
@@ -32,6 +34,7 @@ const AFTER_HELP: &str = "\
 Exit codes: 0 ok, 1 runtime failure, 2 usage or config error, 3 no supervisor running.
 
 Examples:
+  windlass init               write a windlass.toml for the project here
   windlass up                 run every app of ./windlass.toml in the foreground
   windlass up -d              the same, detached
   windlass status             one row per app instance
@@ -64,6 +67,9 @@ pub enum Command {
     Reload(ctl::ReloadArgs),
     Check(check::Args),
     Top(top::Args),
+    Init(init::Args),
+    Completions(completions::Args),
+    Man(completions::ManArgs),
 }
 
 /// An error on its way to the terminal: message, hint, exit code.
@@ -130,6 +136,8 @@ impl From<DaemonError> for CliError {
         }
     }
 }
+
+pub use completions::contrib_files;
 
 pub type Result<T = u8> = std::result::Result<T, CliError>;
 
@@ -248,6 +256,9 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Reload(a) => ctl::reload(a).await,
         Command::Check(a) => check::run(a),
         Command::Top(a) => top::run(a).await,
+        Command::Init(a) => init::run(a),
+        Command::Completions(a) => completions::run(a),
+        Command::Man(a) => completions::man(a),
     }
 }
 

@@ -190,8 +190,10 @@ async fn detach(args: &Args, config: &crate::config::Config) -> Result {
     } else {
         args.apps.clone()
     };
+    let mut spinner = Spinner::new();
     loop {
         if let Ok(Some(st)) = child.try_wait() {
+            spinner.clear();
             let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = tail
                 .lines()
@@ -226,6 +228,7 @@ async fn detach(args: &Args, config: &crate::config::Config) -> Result {
                 })
             });
             if settled || Instant::now() >= deadline {
+                spinner.clear();
                 print!(
                     "{}",
                     super::status::render(&status, output::color_stdout(), true)
@@ -237,7 +240,17 @@ async fn detach(args: &Args, config: &crate::config::Config) -> Result {
                 );
                 return Ok(if failed { exit::FAILURE } else { exit::OK });
             }
+            let waiting: Vec<&str> = mine()
+                .filter(|a| {
+                    a.instances
+                        .iter()
+                        .any(|i| i.state != State::Running || i.uptime_secs.unwrap_or(0.0) < 1.0)
+                })
+                .map(|a| a.name.as_str())
+                .collect();
+            spinner.show(&waiting);
         } else if Instant::now() >= deadline {
+            spinner.clear();
             return Err(CliError::new(
                 exit::FAILURE,
                 format!(
@@ -248,5 +261,63 @@ async fn detach(args: &Args, config: &crate::config::Config) -> Result {
             .with_hint(format!("see {}", log_path.display())));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The progress line of `up -d` ("starting web (3s)..."), on stderr and only on a terminal:
+/// piped or redirected output gets no control characters at all.
+struct Spinner {
+    on: bool,
+    started: Instant,
+    frame: usize,
+    last: Option<Instant>,
+    shown: bool,
+}
+
+impl Spinner {
+    fn new() -> Spinner {
+        use std::io::IsTerminal;
+        Spinner {
+            on: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            frame: 0,
+            last: None,
+            shown: false,
+        }
+    }
+
+    /// Redraws at most every 100 ms.
+    fn show(&mut self, apps: &[&str]) {
+        if !self.on
+            || apps.is_empty()
+            || self
+                .last
+                .is_some_and(|l| l.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
+        self.last = Some(Instant::now());
+        self.frame = (self.frame + 1) % FRAMES.len();
+        let secs = self.started.elapsed().as_secs();
+        let mut err = std::io::stderr().lock();
+        // `starting` covers compiling (cargo run, go run) and booting: the app is not serving yet.
+        let _ = write!(
+            err,
+            "\r\x1b[2K{} starting {} ({secs}s)... state `starting`: compiling or booting",
+            FRAMES[self.frame],
+            apps.join(", ")
+        );
+        let _ = err.flush();
+        self.shown = true;
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.shown = false;
+        }
     }
 }

@@ -4,9 +4,13 @@
 mod helper;
 
 mod config;
+mod contrib;
 mod control;
 mod dashboard;
+mod docs;
+mod init;
 mod logs;
 mod observe;
+mod output;
 mod reload;
 mod supervise;

@@ -1,0 +1,127 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_windlass_global_optspecs
+    string join \n v/verbose h/help V/version
+end
+
+function __fish_windlass_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_windlass_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_windlass_using_subcommand
+    set -l cmd (__fish_windlass_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c windlass -n "__fish_windlass_needs_command" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_needs_command" -s h -l help -d 'Print help'
+complete -c windlass -n "__fish_windlass_needs_command" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "up" -d 'Start the apps of the config and keep them running'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "down" -d 'Stop every app gracefully, then the supervisor'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "status" -d 'Show every app instance: state, pid, port, uptime, restarts, memory, CPU'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "ps" -d 'Show every app instance: state, pid, port, uptime, restarts, memory, CPU'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "logs" -d 'Show the logs of every app, or of one; -f follows'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "start" -d 'Start, stop or restart every instance of an app'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "stop" -d 'Start, stop or restart every instance of an app'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "restart" -d 'Start, stop or restart every instance of an app'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "reload" -d 'Reload an app with zero downtime (its `reload` strategy)'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "check" -d 'Validate the config and exit: 0 when valid, 2 with every error otherwise'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "top" -d 'Watch every app instance live: CPU%, memory, restarts, requests per second'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "init" -d 'Write a windlass.toml for the project in this directory'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "completions" -d 'Print shell completions for bash, zsh or fish (also elvish, powershell)'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "man" -d 'Print the man page (roff) to stdout'
+complete -c windlass -n "__fish_windlass_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c windlass -n "__fish_windlass_using_subcommand up" -s f -l file -d 'The config file' -r -F
+complete -c windlass -n "__fish_windlass_using_subcommand up" -l wait -d 'How long `-d` waits for the apps to start' -r
+complete -c windlass -n "__fish_windlass_using_subcommand up" -s d -l detach -d 'Detach: keep the supervisor running in the background'
+complete -c windlass -n "__fish_windlass_using_subcommand up" -l detached-child -d 'Internal: this process is the detached supervisor'
+complete -c windlass -n "__fish_windlass_using_subcommand up" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand up" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand up" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand down" -s f -l file -d 'The config file (default: windlass.toml or Procfile here or in a parent directory)' -r -F
+complete -c windlass -n "__fish_windlass_using_subcommand down" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand down" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand down" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand status" -s f -l file -d 'The config file (default: windlass.toml or Procfile here or in a parent directory)' -r -F
+complete -c windlass -n "__fish_windlass_using_subcommand status" -l json -d 'Print the status as JSON (the schema is `Status` in the guide)'
+complete -c windlass -n "__fish_windlass_using_subcommand status" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand status" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand ps" -s f -l file -d 'The config file (default: windlass.toml or Procfile here or in a parent directory)' -r -F
+complete -c windlass -n "__fish_windlass_using_subcommand ps" -l json -d 'Print the status as JSON (the schema is `Status` in the guide)'
+complete -c windlass -n "__fish_windlass_using_subcommand ps" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand ps" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand ps" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand logs" -s n -l lines -d 'How many past lines to show (per app)' -r
+complete -c windlass -n "__fish_windlass_using_subcommand logs" -l file -d 'The config file' -r -F
+complete -c windlass -n "__fish_windlass_using_subcommand logs" -s f -l follow -d 'Keep printing new lines as they come'
+complete -c windlass -n "__fish_windlass_using_subcommand logs" -l json -d 'One JSON object per line: {ts, app, instance, stream, line}'
+complete -c windlass -n "__fish_windlass_using_subcommand logs" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand logs" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand logs" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand start" -s f -l file -d 'The config file (default: windlass.toml or Procfile here or in a parent directory)' -r -F
+complete -c windlass -n "__fish_windlass_using_subcommand start" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand start" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand start" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand stop" -s f -l file -d 'The config file (default: windlass.toml or Procfile here or in a parent directory)' -r -F
+complete -c windlass -n "__fish_windlass_using_subcommand stop" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand stop" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand stop" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand restart" -s f -l file -d 'The config file (default: windlass.toml or Procfile here or in a parent directory)' -r -F
+complete -c windlass -n "__fish_windlass_using_subcommand restart" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand restart" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand restart" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand reload" -s f -l file -d 'The config file (default: windlass.toml or Procfile here or in a parent directory)' -r -F
+complete -c windlass -n "__fish_windlass_using_subcommand reload" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand reload" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand reload" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand check" -s f -l file -d 'The config file (default: windlass.toml or Procfile here or in a parent directory)' -r -F
+complete -c windlass -n "__fish_windlass_using_subcommand check" -l json -d 'Report as JSON: {version, ok, file, apps, warnings, errors} (schema in docs/json.md)'
+complete -c windlass -n "__fish_windlass_using_subcommand check" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand check" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand top" -l interval -d 'Time between frames' -r
+complete -c windlass -n "__fish_windlass_using_subcommand top" -l count -d 'Print this many frames, then exit' -r
+complete -c windlass -n "__fish_windlass_using_subcommand top" -s f -l file -d 'The config file (default: windlass.toml or Procfile here or in a parent directory)' -r -F
+complete -c windlass -n "__fish_windlass_using_subcommand top" -l once -d 'Print one frame and exit'
+complete -c windlass -n "__fish_windlass_using_subcommand top" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand top" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand top" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand init" -l port -d 'The port the app listens on (passed to it in $PORT or the detected variable)' -r
+complete -c windlass -n "__fish_windlass_using_subcommand init" -l force -d 'Overwrite an existing windlass.toml'
+complete -c windlass -n "__fish_windlass_using_subcommand init" -l dry-run -d 'Print the config to stdout instead of writing it'
+complete -c windlass -n "__fish_windlass_using_subcommand init" -l json -d 'Report as JSON: {version, file, written, kind, found, apps, fill_in, next}'
+complete -c windlass -n "__fish_windlass_using_subcommand init" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand init" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand init" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand completions" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand man" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
+complete -c windlass -n "__fish_windlass_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c windlass -n "__fish_windlass_using_subcommand man" -s V -l version -d 'Print version'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "up" -d 'Start the apps of the config and keep them running'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "down" -d 'Stop every app gracefully, then the supervisor'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "status" -d 'Show every app instance: state, pid, port, uptime, restarts, memory, CPU'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "logs" -d 'Show the logs of every app, or of one; -f follows'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "start" -d 'Start, stop or restart every instance of an app'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "stop" -d 'Start, stop or restart every instance of an app'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "restart" -d 'Start, stop or restart every instance of an app'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "reload" -d 'Reload an app with zero downtime (its `reload` strategy)'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "check" -d 'Validate the config and exit: 0 when valid, 2 with every error otherwise'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "top" -d 'Watch every app instance live: CPU%, memory, restarts, requests per second'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "init" -d 'Write a windlass.toml for the project in this directory'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "completions" -d 'Print shell completions for bash, zsh or fish (also elvish, powershell)'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "man" -d 'Print the man page (roff) to stdout'
+complete -c windlass -n "__fish_windlass_using_subcommand help; and not __fish_seen_subcommand_from up down status logs start stop restart reload check top init completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
