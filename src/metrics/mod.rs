@@ -19,7 +19,6 @@ use prometheus_client::registry::Registry;
 
 use crate::protocol::State;
 use crate::supervisor::Supervisor;
-pub use proxy::{AppProxyMetrics, ProxyMetrics, ReloadResult, RequestTimer, UpstreamError};
 
 /// Every state an instance can be in, for the `windlass_instance_state{state}` gauges.
 pub const STATES: [State; 8] = [
@@ -33,11 +32,10 @@ pub const STATES: [State; 8] = [
     State::Fatal,
 ];
 
-/// The registry and the proxy's handle. Cheap to clone.
+/// The registry. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
-    proxy: ProxyMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -50,24 +48,15 @@ impl Metrics {
     /// Registers every series; the proxy's exist at 0 for each app that has a `port`.
     pub fn new(supervisor: &Supervisor) -> Metrics {
         let mut registry = Registry::default();
-        let proxy = ProxyMetrics::register(&mut registry);
-        for app in &supervisor.config().apps {
-            if app.port.is_some() {
-                let _ = proxy.app(&app.name);
-            }
-        }
         registry.register_collector(Box::new(SupervisorCollector {
+            supervisor: supervisor.clone(),
+        }));
+        registry.register_collector(Box::new(proxy::ProxyCollector {
             supervisor: supervisor.clone(),
         }));
         Metrics {
             registry: Arc::new(registry),
-            proxy,
         }
-    }
-
-    /// The handle the proxy updates.
-    pub fn proxy(&self) -> &ProxyMetrics {
-        &self.proxy
     }
 
     /// The OpenMetrics text exposition (reads /proc: call it off the async threads).

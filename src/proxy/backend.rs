@@ -168,3 +168,49 @@ impl Drop for UpgradeGuard {
         self.0.release(&self.0.upgraded);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn backend() -> Arc<Backend> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        Arc::new(Backend::new(
+            BackendId(7),
+            addr,
+            Pool::new(1, Duration::from_secs(1)),
+        ))
+    }
+
+    #[tokio::test]
+    async fn drain_wait_ends_when_the_last_guard_goes() {
+        let b = backend();
+        let request = b.acquire();
+        let tunnel = b.acquire().into_upgraded();
+        b.retire();
+        let waiter = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move {
+                b.wait_until(Instant::now() + Duration::from_secs(30), Backend::is_idle)
+                    .await
+            })
+        };
+        drop(request);
+        assert_eq!(b.in_flight(), 0);
+        assert_eq!(b.upgraded(), 1);
+        drop(tunnel);
+        assert!(waiter.await.expect("join"));
+    }
+
+    #[tokio::test]
+    async fn drain_wait_reports_a_missed_deadline() {
+        let b = backend();
+        let _request = b.acquire();
+        b.retire();
+        let idle = b
+            .wait_until(Instant::now() + Duration::from_millis(10), Backend::is_idle)
+            .await;
+        assert!(!idle);
+    }
+}

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::proxy::Shared;
 use crate::proxy::backend::InFlight;
 use crate::proxy::metrics::UpstreamCause;
-use crate::proxy::pool::Sender;
+use crate::proxy::pool::Upstream;
 
 /// How the client's request body ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +106,7 @@ pub(crate) struct Completion {
     start: Instant,
     status: u16,
     ended: bool,
-    upstream: Option<(InFlight, Option<Sender>)>,
+    upstream: Option<(InFlight, Option<Upstream>)>,
 }
 
 impl Completion {
@@ -129,9 +129,7 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         if let Some((guard, conn)) = self.upstream.take() {
-            if self.ended
-                && let Some(conn) = conn
-            {
+            if let (true, Some(conn)) = (self.ended, conn) {
                 guard.backend().pool.put(conn);
             }
             drop(guard);
@@ -160,7 +158,7 @@ impl ResponseBody {
         mut done: Completion,
         status: u16,
         guard: InFlight,
-        conn: Option<Sender>,
+        conn: Option<Upstream>,
     ) -> ResponseBody {
         done.status = status;
         done.upstream = Some((guard, conn));
@@ -193,6 +191,10 @@ impl Body for ResponseBody {
         match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(body) => {
+                // The body's bytes arrive through the connection: let it do its IO first.
+                if let Some((_, Some(conn))) = this.done.upstream.as_mut() {
+                    conn.poll_conn(cx);
+                }
                 let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
                 match &frame {
                     None => this.done.ended = true,
@@ -232,9 +234,7 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // hyper may stop polling once `is_end_stream` says so, without a final `None`.
-        if let Kind::Upstream(body) = &self.kind
-            && body.is_end_stream()
-        {
+        if matches!(&self.kind, Kind::Upstream(body) if body.is_end_stream()) {
             self.done.ended = true;
         }
     }

@@ -24,7 +24,7 @@ use crate::proxy::body::{BodyEnd, Completion, RequestBody, ResponseBody};
 use crate::proxy::error::{Fault, ProxyError};
 use crate::proxy::headers;
 use crate::proxy::hold::Hold;
-use crate::proxy::pool::{self, Sender};
+use crate::proxy::pool::{self, Upstream};
 use crate::proxy::tunnel;
 
 /// How many times a request given back unsent is re-sent before giving up.
@@ -54,7 +54,7 @@ pub(crate) async fn handle(
         response,
         guard,
         conn,
-    } = match exchange(&shared, req, body_end, start).await {
+    } = match exchange(&shared, req, body_end, start, client_upgrade.is_some()).await {
         Ok(x) => x,
         Err(e) => return error_response(done, e),
     };
@@ -102,7 +102,7 @@ pub(crate) async fn handle(
 struct Exchange {
     response: Response<Incoming>,
     guard: InFlight,
-    conn: Sender,
+    conn: Upstream,
 }
 
 enum SendError {
@@ -116,6 +116,7 @@ async fn exchange(
     mut req: Request<RequestBody>,
     mut body_end: Option<oneshot::Receiver<BodyEnd>>,
     start: Instant,
+    upgrade: bool,
 ) -> Result<Exchange, ProxyError> {
     let cfg = &shared.cfg;
     let mut hold = Hold::new(start + cfg.hold);
@@ -133,7 +134,8 @@ async fn exchange(
             }));
         };
         let backend = guard.backend();
-        let mut conn = match checkout(backend, unsent > 0, cfg.connect_timeout).await {
+        let fresh = unsent > 0 || upgrade;
+        let mut conn = match checkout(backend, fresh, cfg.connect_timeout).await {
             Ok(conn) => conn,
             Err(e) => {
                 if let Some(cause) = e.upstream_cause() {
@@ -146,6 +148,9 @@ async fn exchange(
             }
         };
         let addr = backend.addr;
+        if upgrade {
+            conn.spawn_with_upgrades();
+        }
         match send(&mut conn, req, &mut body_end, cfg.response_timeout, addr).await {
             Ok(response) => {
                 return Ok(Exchange {
@@ -175,14 +180,15 @@ async fn exchange(
 }
 
 /// An idle pooled connection (unless `fresh`), or a new one.
-async fn checkout(backend: &Backend, fresh: bool, timeout: Duration) -> Result<Sender, ProxyError> {
+async fn checkout(
+    backend: &Backend,
+    fresh: bool,
+    timeout: Duration,
+) -> Result<Upstream, ProxyError> {
     if !fresh {
         while let Some(mut conn) = backend.pool.take() {
-            if conn.is_ready() {
-                return Ok(conn);
-            }
-            // Returned at the end of its last response; the connection task may not
-            // have caught up yet.
+            // Returned at the end of its last response; the connection catches up with
+            // that (or notices it was closed) when first polled.
             if let Ok(Ok(())) = tokio::time::timeout(timeout, conn.ready()).await {
                 return Ok(conn);
             }
@@ -192,13 +198,13 @@ async fn checkout(backend: &Backend, fresh: bool, timeout: Duration) -> Result<S
 }
 
 async fn send(
-    conn: &mut Sender,
+    conn: &mut Upstream,
     req: Request<RequestBody>,
     body_end: &mut Option<oneshot::Receiver<BodyEnd>>,
     timeout: Duration,
     addr: std::net::SocketAddr,
 ) -> Result<Response<Incoming>, SendError> {
-    let fut = conn.try_send_request(req);
+    let fut = conn.send(req);
     tokio::pin!(fut);
     // While the body is still uploading the response timeout does not run.
     let mut uploaded = false;

@@ -87,12 +87,11 @@ pub(crate) fn prepare_request(
     // Absolute-form targets (`GET http://host/path`) become origin-form; their
     // authority stands in for a missing Host.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        if !headers.contains_key(header::HOST)
-            && let Some(host) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
+        let authority = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        if let (false, Some(host)) = (headers.contains_key(header::HOST), authority) {
             headers.insert(header::HOST, host);
         }
         let pq = parts

@@ -127,6 +127,8 @@ pub struct InstanceCtx {
     pub guardian_fd: Option<i32>,
     /// The app's proxy, when it has a public port.
     pub proxy: Option<AppProxy>,
+    /// The app's event counts (health-check failures are counted here).
+    pub counters: Arc<super::AppCounters>,
     /// Turns true on a second Ctrl-C: stop with SIGKILL at once.
     pub force: watch::Receiver<bool>,
     /// Bumped on every state change.
@@ -371,6 +373,7 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
                         ack_all(&mut acks, Ok(String::new()));
                     }
                     Health::StartFailed(g, e) if g == proc.generation => {
+                        ctx.counters.health_check_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let msg = format!("health check: {e}");
                         ctx.note(&msg);
                         process::signal_group(proc.pgid, nix::sys::signal::Signal::SIGKILL);
@@ -378,6 +381,7 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
                         break Ended::Exited(s, Some(msg));
                     }
                     Health::Unhealthy(g, e) if g == proc.generation => {
+                        ctx.counters.health_check_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let msg = format!("unhealthy ({e}); taken out of rotation");
                         ctx.note(&msg);
                         if let (Some(proxy), Some(b)) = (&ctx.proxy, proc.backend) {

@@ -13,6 +13,7 @@ pub mod instance;
 pub mod process;
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -97,6 +98,23 @@ struct AppRuntime {
     instances: Vec<InstanceHandle>,
     /// One reload at a time per app.
     reload_lock: tokio::sync::Mutex<()>,
+    counters: Arc<AppCounters>,
+}
+
+/// Event counts of one app since the supervisor started (for metrics).
+#[derive(Debug, Default)]
+pub struct AppCounters {
+    pub reloads_ok: std::sync::atomic::AtomicU64,
+    pub reloads_failed: std::sync::atomic::AtomicU64,
+    pub health_check_failures: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of [`AppCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub health_check_failures: u64,
 }
 
 struct InstanceHandle {
@@ -154,6 +172,7 @@ impl Supervisor {
             let proxy = app
                 .port
                 .map(|_| AppProxy::new(&app.name, proxy_config(app)));
+            let counters = Arc::new(AppCounters::default());
             let mut instances = Vec::new();
             for index in 0..app.instances {
                 let cell = Arc::new(InstanceCell::new(index));
@@ -164,6 +183,7 @@ impl Supervisor {
                     log: log.clone(),
                     guardian_fd,
                     proxy: proxy.clone(),
+                    counters: counters.clone(),
                     force: force.subscribe(),
                     changed: changed.clone(),
                     on_group_gone: on_gone.clone(),
@@ -182,6 +202,7 @@ impl Supervisor {
                 proxy,
                 instances,
                 reload_lock: tokio::sync::Mutex::new(()),
+                counters,
             });
         }
         Ok(Supervisor {
@@ -327,6 +348,7 @@ impl Supervisor {
                             if m.is_empty() { "restarted".into() } else { m }
                         )),
                         Err(reason) => {
+                            rt.counters.reloads_failed.fetch_add(1, Relaxed);
                             rt.log.note(None, &format!("reload failed: {reason}"));
                             return Err(SupervisorError::ReloadFailed {
                                 app: app.to_owned(),
@@ -337,7 +359,17 @@ impl Supervisor {
                 }
             }
         }
+        rt.counters.reloads_ok.fetch_add(1, Relaxed);
         Ok((self.app_status(rt), messages))
+    }
+
+    /// Event counts of `app` (zeros for an unknown app).
+    pub fn counters(&self, app: &str) -> Counts {
+        self.app(app).map_or(Counts::default(), |rt| Counts {
+            reloads_ok: rt.counters.reloads_ok.load(Relaxed),
+            reloads_failed: rt.counters.reloads_failed.load(Relaxed),
+            health_check_failures: rt.counters.health_check_failures.load(Relaxed),
+        })
     }
 
     /// The proxies of the apps with a public port: (app, bind address, proxy).

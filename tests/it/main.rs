@@ -12,5 +12,6 @@ mod init;
 mod logs;
 mod observe;
 mod output;
+mod proxy;
 mod reload;
 mod supervise;

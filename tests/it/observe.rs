@@ -39,13 +39,20 @@ fn metrics_follow_crashes_restarts_and_stops() {
     ] {
         assert!(sample(&m, s).is_some_and(|v| v > 0.0), "{s} in {m}");
     }
-    // The proxy's series exist at 0 for the app with a port, not for the worker.
+    // The proxy counts what it serves: the one /health request so far, then three more.
+    const OK: &str = "windlass_proxy_requests_total{app=\"hello\",code=\"2xx\"}";
+    const SEEN: &str = "windlass_proxy_request_duration_seconds_count{app=\"hello\"}";
+    assert_eq!(sample(&m, OK), Some(1.0), "{m}");
+    for _ in 0..3 {
+        assert_eq!(http_get(port, "/").expect("get").0, 200);
+    }
+    let m = scrape(admin);
+    assert_eq!(sample(&m, OK), Some(4.0), "{m}");
+    assert_eq!(sample(&m, SEEN), Some(4.0), "{m}");
     assert_eq!(
-        sample(
-            &m,
-            "windlass_proxy_requests_total{app=\"hello\",code=\"2xx\"}"
-        ),
-        Some(0.0)
+        sample(&m, "windlass_proxy_requests_in_flight{app=\"hello\"}"),
+        Some(0.0),
+        "{m}"
     );
     assert!(!m.contains("windlass_proxy_requests_total{app=\"worker\""));
 

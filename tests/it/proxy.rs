@@ -1,0 +1,877 @@
+//! End-to-end tests of the proxy with real sockets on 127.0.0.1 (port 0): real hyper
+//! upstreams, real clients. Waits are on conditions with deadlines, never bare sleeps.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot};
+
+use windlass::health;
+use windlass::proxy::{AppProxy, BackendId, ProxyConfig, UpstreamCause};
+
+// ---------------------------------------------------------------- helpers
+
+/// Generous deadline for every condition wait: only reached when something is broken.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `cond` until it holds; panics with `what` after [`DEADLINE`].
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A body of `remaining` bytes generated in 64 KiB chunks (nothing buffered).
+struct Generated {
+    remaining: u64,
+    chunk: Bytes,
+}
+
+impl Generated {
+    fn new(len: u64) -> Generated {
+        Generated {
+            remaining: len,
+            chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+        }
+    }
+}
+
+impl Body for Generated {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.chunk.len() as u64);
+        self.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n as usize)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+type ClientBody = BoxBody<Bytes, Infallible>;
+
+fn empty() -> ClientBody {
+    Full::new(Bytes::new()).boxed()
+}
+
+/// Counters of a test upstream.
+#[derive(Default)]
+struct Stats {
+    accepted: AtomicUsize,
+    open: AtomicUsize,
+    started: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+/// A hyper server on 127.0.0.1:0 answering with its `version`. Routes:
+/// `/` (optional `?delay_ms=N` of simulated work), `/gate` (waits for a permit),
+/// `/close` (answers with `Connection: close`),
+/// `/headers` (echoes request headers), `/status/N`, `/upload` (counts body bytes),
+/// `/download/N` (N bytes), `/ws` (101 then echo), `/never` (no answer).
+struct Upstream {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    gate: Arc<Semaphore>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Upstream {
+    async fn start(version: &'static str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let stats = Arc::new(Stats::default());
+        let gate = Arc::new(Semaphore::new(0));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (s, g) = (Arc::clone(&stats), Arc::clone(&gate));
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = &mut stopped => return,
+                    r = listener.accept() => r.expect("upstream accept"),
+                };
+                stream.set_nodelay(true).expect("nodelay");
+                s.accepted.fetch_add(1, SeqCst);
+                s.open.fetch_add(1, SeqCst);
+                let (s, g) = (Arc::clone(&s), Arc::clone(&g));
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn({
+                        let s = Arc::clone(&s);
+                        move |req| route(version, Arc::clone(&s), Arc::clone(&g), req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                    s.open.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+        Upstream {
+            addr,
+            stats,
+            gate,
+            stop: Some(stop),
+        }
+    }
+
+    /// Stops accepting (open connections live on until their peer closes them).
+    fn stop_accepting(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn route(
+    version: &'static str,
+    stats: Arc<Stats>,
+    gate: Arc<Semaphore>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ClientBody>, Infallible> {
+    stats.started.fetch_add(1, SeqCst);
+    let path = req.uri().path().to_owned();
+    let text = |status: u16, body: String| {
+        Response::builder()
+            .status(status)
+            .header("x-version", version)
+            .body(Full::new(Bytes::from(body)).boxed())
+            .expect("valid response")
+    };
+    let response = if path == "/gate" {
+        gate.acquire().await.expect("gate open").forget();
+        text(200, version.into())
+    } else if path == "/headers" {
+        let mut out = String::new();
+        for (k, v) in req.headers() {
+            out.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+        }
+        let mut r = text(200, out);
+        let h = r.headers_mut();
+        h.insert("keep-alive", "timeout=5".parse().expect("hv"));
+        h.insert("connection", "x-resp-hop".parse().expect("hv"));
+        h.insert("x-resp-hop", "1".parse().expect("hv"));
+        h.insert("x-resp-kept", "1".parse().expect("hv"));
+        r
+    } else if path == "/close" {
+        let mut r = text(200, version.into());
+        r.headers_mut()
+            .insert("connection", "close".parse().expect("hv"));
+        r
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        text(code.parse().expect("status code"), version.into())
+    } else if path == "/upload" {
+        let mut n = 0u64;
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.expect("upload frame").into_data() {
+                n += data.len() as u64;
+            }
+        }
+        text(200, n.to_string())
+    } else if let Some(n) = path.strip_prefix("/download/") {
+        Response::new(Generated::new(n.parse().expect("length")).boxed())
+    } else if path == "/ws" {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let upgraded = on_upgrade.await.expect("upstream upgrade");
+            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        });
+        Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(empty())
+            .expect("valid 101")
+    } else if path == "/never" {
+        std::future::pending::<()>().await;
+        unreachable!()
+    } else {
+        if let Some(ms) = req.uri().query().and_then(|q| q.strip_prefix("delay_ms=")) {
+            // Simulated work, so requests overlap with switches.
+            tokio::time::sleep(Duration::from_millis(ms.parse().expect("ms"))).await;
+        }
+        text(200, version.into())
+    };
+    stats.finished.fetch_add(1, SeqCst);
+    Ok(response)
+}
+
+/// A proxy for app "web" serving on 127.0.0.1:0 until the test ends.
+async fn start_proxy(cfg: ProxyConfig) -> (AppProxy, SocketAddr) {
+    let proxy = AppProxy::new("web", cfg);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let p = proxy.clone();
+    tokio::spawn(async move { p.serve(listener, std::future::pending()).await });
+    (proxy, addr)
+}
+
+fn quick_cfg() -> ProxyConfig {
+    ProxyConfig {
+        hold: Duration::from_secs(20),
+        ..ProxyConfig::default()
+    }
+}
+
+/// Registers `up` and puts it in rotation.
+fn add_ready(proxy: &AppProxy, up: &Upstream) -> BackendId {
+    let id = proxy.add_backend(up.addr);
+    assert!(proxy.set_ready(id, true));
+    id
+}
+
+/// A keep-alive HTTP/1.1 client connection.
+async fn client(addr: SocketAddr) -> SendRequest<ClientBody> {
+    let stream = TcpStream::connect(addr).await.expect("connect to proxy");
+    stream.set_nodelay(true).expect("nodelay");
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    tx
+}
+
+async fn send(
+    tx: &mut SendRequest<ClientBody>,
+    req: Request<ClientBody>,
+) -> (StatusCode, http::HeaderMap, String) {
+    tx.ready().await.expect("client connection ready");
+    let resp = tx.send_request(req).await.expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+async fn get(tx: &mut SendRequest<ClientBody>, path: &str) -> (StatusCode, String) {
+    let req = Request::get(path)
+        .header("host", "example.test")
+        .body(empty())
+        .expect("request");
+    let (status, _, body) = send(tx, req).await;
+    (status, body)
+}
+
+/// One request on a new connection.
+async fn get_once(addr: SocketAddr, path: &str) -> (StatusCode, String) {
+    get(&mut client(addr).await, path).await
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn basic_get_reuses_one_upstream_connection() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    let mut tx = client(addr).await;
+    for _ in 0..50 {
+        assert_eq!(get(&mut tx, "/").await, (StatusCode::OK, "a".into()));
+    }
+    assert_eq!(
+        up.stats.accepted.load(SeqCst),
+        1,
+        "upstream keep-alive not reused"
+    );
+    wait_until("in-flight back to 0", || proxy.metrics().in_flight == 0).await;
+    let m = proxy.metrics();
+    assert_eq!(m.requests_of_class(2), 50);
+    assert_eq!(m.backends[0].idle_connections, 1);
+}
+
+#[tokio::test]
+async fn forwards_x_forwarded_headers_and_strips_hop_by_hop() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    let req = Request::get("/headers")
+        .header("host", "example.test")
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-connection", "keep-alive")
+        .header("x-forwarded-for", "10.0.0.1")
+        .header("x-custom", "kept")
+        .body(empty())
+        .expect("request");
+    let (status, headers, body) = send(&mut client(addr).await, req).await;
+    assert_eq!(status, StatusCode::OK);
+    let lines: Vec<&str> = body.lines().collect();
+    for want in [
+        "host: example.test",
+        "x-forwarded-for: 10.0.0.1, 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: example.test",
+        "x-custom: kept",
+    ] {
+        assert!(lines.contains(&want), "missing {want:?} in {lines:?}");
+    }
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "connection",
+        "upgrade",
+    ] {
+        assert!(
+            !lines.iter().any(|l| l.starts_with(&format!("{gone}:"))),
+            "{gone} forwarded: {lines:?}"
+        );
+    }
+    assert!(!headers.contains_key("keep-alive"), "{headers:?}");
+    assert!(!headers.contains_key("x-resp-hop"), "{headers:?}");
+    assert_eq!(headers["x-resp-kept"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_under_concurrent_load_fails_no_request() {
+    const CLIENTS: usize = 8;
+    const REQUESTS: usize = 150;
+    const SWITCHES: usize = 6;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    let mut current = Upstream::start("a").await;
+    let mut current_id = add_ready(&proxy, &current);
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let done = Arc::clone(&done);
+        clients.push(tokio::spawn(async move {
+            let mut tx = client(addr).await;
+            let mut bad = Vec::new();
+            for _ in 0..REQUESTS {
+                let (status, body) = get(&mut tx, "/?delay_ms=1").await;
+                if status != StatusCode::OK || !(body == "a" || body == "b") {
+                    bad.push((status, body));
+                }
+                done.fetch_add(1, SeqCst);
+            }
+            bad
+        }));
+    }
+
+    for k in 0..SWITCHES {
+        // Switch while requests are flowing: wait for progress since the last switch.
+        let seen = done.load(SeqCst);
+        let target = (seen + 60).min(CLIENTS * REQUESTS);
+        wait_until("clients made progress", || done.load(SeqCst) >= target).await;
+
+        let version = if k % 2 == 0 { "b" } else { "a" };
+        let next = Upstream::start(version).await;
+        let next_id = proxy.add_backend(next.addr);
+        health::HealthCheck::new(next.addr, Some("/".into()))
+            .wait_healthy(DEADLINE)
+            .await
+            .expect("new instance healthy");
+        proxy.replace(&[current_id], &[next_id]);
+        let report = proxy.drain(current_id, DEADLINE).await;
+        assert!(report.found && report.is_clean(), "{report:?}");
+        let old = &current.stats;
+        assert_eq!(
+            old.started.load(SeqCst),
+            old.finished.load(SeqCst),
+            "drained backend still had requests running"
+        );
+        // Its pooled keep-alive connections are dropped, not kept for reuse.
+        wait_until("old upstream connections closed", || {
+            old.open.load(SeqCst) == 0
+        })
+        .await;
+        current.stop_accepting();
+        current = next;
+        current_id = next_id;
+    }
+
+    let mut failures = Vec::new();
+    for c in clients {
+        failures.extend(c.await.expect("client task"));
+    }
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert_eq!(done.load(SeqCst), CLIENTS * REQUESTS);
+    let m = proxy.metrics();
+    assert_eq!(m.requests_of_class(2), (CLIENTS * REQUESTS) as u64);
+    assert_eq!(m.requests_of_class(5), 0);
+}
+
+#[tokio::test]
+async fn drain_waits_for_a_slow_in_flight_request() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    let a_id = add_ready(&proxy, &a);
+    let slow = tokio::spawn(get_once(addr, "/gate"));
+    wait_until("slow request reached the upstream", || {
+        a.stats.started.load(SeqCst) == 1
+    })
+    .await;
+
+    let b_id = proxy.add_backend(b.addr);
+    proxy.replace(&[a_id], &[b_id]);
+    let drain = tokio::spawn(proxy.drain(a_id, DEADLINE));
+    // New requests go to the new instance while the old one drains.
+    assert_eq!(get_once(addr, "/").await, (StatusCode::OK, "b".into()));
+    assert!(!drain.is_finished(), "drain ended with a request in flight");
+    assert_eq!(
+        proxy.backends().len(),
+        1,
+        "drained backend still registered"
+    );
+
+    a.gate.add_permits(1);
+    assert_eq!(slow.await.expect("slow task"), (StatusCode::OK, "a".into()));
+    let report = drain.await.expect("drain task");
+    assert!(report.found, "{report:?}");
+    assert_eq!(report.in_flight_at_start, 1, "{report:?}");
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// Sends an upgrade request on a raw socket and returns it after the 101 head.
+async fn upgrade(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: example.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .expect("write handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).await.expect("read head");
+        assert_eq!(
+            n,
+            1,
+            "EOF in response head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
+    s
+}
+
+async fn echo(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.expect("write");
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf).await.expect("read echo");
+    assert_eq!(buf, msg);
+}
+
+#[tokio::test]
+async fn websocket_style_upgrade_echoes_through_the_proxy() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    let mut s = upgrade(addr).await;
+    echo(&mut s, b"hello").await;
+    echo(&mut s, &[7u8; 100_000]).await;
+    wait_until("upgrade counted", || proxy.metrics().upgraded_open == 1).await;
+    drop(s);
+    wait_until("upgrade closed", || proxy.metrics().upgraded_open == 0).await;
+    let m = proxy.metrics();
+    assert_eq!(m.upgrades_total, 1);
+    assert_eq!(m.requests_of_class(1), 1);
+    assert_eq!(m.backends[0].upgraded, 0);
+}
+
+#[tokio::test]
+async fn drain_deadline_closes_a_lingering_upgraded_connection() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    let id = add_ready(&proxy, &up);
+    let mut s = upgrade(addr).await;
+    echo(&mut s, b"ping").await;
+    let report = proxy.drain(id, Duration::from_millis(100)).await;
+    assert!(report.timed_out, "{report:?}");
+    assert_eq!(report.upgraded_at_start, 1, "{report:?}");
+    assert_eq!(report.closed_upgraded, 1, "{report:?}");
+    assert_eq!(report.remaining_requests, 0, "{report:?}");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+        .await
+        .expect("connection closed by the drain")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "tunnel still open after the drain deadline");
+}
+
+#[tokio::test]
+async fn held_request_succeeds_once_a_backend_becomes_ready() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    let id = proxy.add_backend(up.addr);
+    let held = tokio::spawn(get_once(addr, "/"));
+    wait_until("request is held", || proxy.metrics().in_flight == 1).await;
+    assert!(!held.is_finished());
+    proxy.set_ready(id, true);
+    assert_eq!(held.await.expect("task"), (StatusCode::OK, "a".into()));
+}
+
+#[tokio::test]
+async fn hold_timeout_answers_503_with_a_clear_page() {
+    let (proxy, addr) = start_proxy(ProxyConfig {
+        hold: Duration::from_millis(100),
+        ..ProxyConfig::default()
+    })
+    .await;
+    let (status, body) = get_once(addr, "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("no ready instance"), "{body}");
+    assert!(body.contains("windlass status"), "{body}");
+    assert!(body.contains("windlass logs web"), "{body}");
+    let m = proxy.metrics();
+    assert_eq!(m.upstream_errors.get(UpstreamCause::NoReadyBackend), 1);
+    assert_eq!(m.requests_of_class(5), 1);
+}
+
+/// An address on which nothing listens.
+async fn refusing_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
+}
+
+#[tokio::test]
+async fn refused_connection_is_retried_on_another_backend() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    let dead = proxy.add_backend(refusing_addr().await);
+    proxy.set_ready(dead, true);
+    add_ready(&proxy, &up);
+    let mut tx = client(addr).await;
+    for _ in 0..10 {
+        assert_eq!(get(&mut tx, "/").await, (StatusCode::OK, "a".into()));
+    }
+    let m = proxy.metrics();
+    assert!(
+        m.upstream_errors.connect_refused >= 1,
+        "{:?}",
+        m.upstream_errors
+    );
+    assert_eq!(m.requests_of_class(2), 10);
+}
+
+#[tokio::test]
+async fn refused_connection_waits_within_the_hold_for_a_ready_backend() {
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    let dead = proxy.add_backend(refusing_addr().await);
+    proxy.set_ready(dead, true);
+    let req = tokio::spawn(async move {
+        let mut tx = client(addr).await;
+        // A body that must survive the failed attempts untouched.
+        let req = Request::post("/upload")
+            .header("host", "example.test")
+            .body(Full::new(Bytes::from_static(b"0123456789")).boxed())
+            .expect("request");
+        send(&mut tx, req).await
+    });
+    wait_until("a refused attempt", || {
+        proxy.metrics().upstream_errors.connect_refused >= 1
+    })
+    .await;
+    let up = Upstream::start("a").await;
+    let id = proxy.add_backend(up.addr);
+    proxy.replace(&[dead], &[id]);
+    let (status, _, body) = req.await.expect("task");
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "10"));
+}
+
+#[tokio::test]
+async fn metrics_count_classes_and_classify_upstream_errors() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(ProxyConfig {
+        hold: Duration::from_millis(100),
+        response_timeout: Duration::from_millis(100),
+        ..ProxyConfig::default()
+    })
+    .await;
+    let id = add_ready(&proxy, &up);
+    let mut tx = client(addr).await;
+    for (path, code) in [
+        ("/status/200", 200),
+        ("/status/204", 204),
+        ("/status/302", 302),
+    ] {
+        assert_eq!(get(&mut tx, path).await.0.as_u16(), code);
+    }
+    for (path, code) in [("/status/404", 404), ("/status/500", 500), ("/never", 504)] {
+        assert_eq!(get(&mut tx, path).await.0.as_u16(), code);
+    }
+    proxy.drain(id, DEADLINE).await;
+    let (status, _) = get(&mut tx, "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    wait_until("in-flight back to 0", || proxy.metrics().in_flight == 0).await;
+    let m = proxy.metrics();
+    assert_eq!(m.requests_by_class, [0, 2, 1, 1, 3]);
+    assert_eq!(m.upstream_errors.response_timeout, 1);
+    assert_eq!(m.upstream_errors.no_ready_backend, 1);
+    assert_eq!(m.upstream_errors.connect_refused, 0);
+    assert_eq!(m.latency.count(), 7);
+    assert_eq!(*m.latency.cumulative().last().expect("buckets"), 7);
+    assert!(m.latency.sum_seconds > 0.0);
+    assert!(m.backends.is_empty());
+}
+
+/// Peak RSS since the last reset, and current RSS, in KiB.
+fn memory_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("memory field")
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_streaming_upload_and_download_do_not_buffer() {
+    const SIZE: u64 = 512 * 1024 * 1024;
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    // Reset the peak-RSS mark (Linux: "5" > clear_refs) so VmHWM covers this test only.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let (_, rss_before) = memory_kib();
+
+    let mut tx = client(addr).await;
+    let req = Request::post("/upload")
+        .header("host", "example.test")
+        .body(Generated::new(SIZE).boxed())
+        .expect("request");
+    let (status, _, body) = send(&mut tx, req).await;
+    assert_eq!((status, body), (StatusCode::OK, SIZE.to_string()));
+
+    tx.ready().await.expect("ready");
+    let req = Request::get(format!("/download/{SIZE}"))
+        .header("host", "example.test")
+        .body(empty())
+        .expect("request");
+    let resp = tx.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("download frame").into_data() {
+            received += data.len() as u64;
+        }
+    }
+    assert_eq!(received, SIZE);
+
+    let (peak, _) = memory_kib();
+    let growth_mib = peak.saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "peak RSS growth while streaming: {growth_mib} MiB (before {rss_before} KiB, peak {peak} KiB)"
+    );
+    assert!(
+        growth_mib < 64,
+        "peak RSS grew by {growth_mib} MiB while streaming 2 x 512 MiB"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_returns() {
+    let up = Upstream::start("a").await;
+    let proxy = AppProxy::new("web", quick_cfg());
+    add_ready(&proxy, &up);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let p = proxy.clone();
+    let server = tokio::spawn(async move {
+        p.serve(listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let mut tx = client(addr).await;
+    assert_eq!(get(&mut tx, "/").await.0, StatusCode::OK);
+    stop.send(()).expect("server running");
+    tokio::time::timeout(DEADLINE, server)
+        .await
+        .expect("serve returned after shutdown")
+        .expect("serve task");
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
+
+#[tokio::test]
+async fn upstream_connection_close_is_not_reused() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    let mut tx = client(addr).await;
+    for _ in 0..5 {
+        assert_eq!(get(&mut tx, "/close").await, (StatusCode::OK, "a".into()));
+    }
+    assert_eq!(up.stats.accepted.load(SeqCst), 5);
+    assert_eq!(proxy.metrics().upstream_errors, Default::default());
+}
+
+#[tokio::test]
+async fn unready_backend_gets_no_new_requests() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    let a_id = add_ready(&proxy, &a);
+    add_ready(&proxy, &b);
+    proxy.set_ready(a_id, false);
+    let mut tx = client(addr).await;
+    for _ in 0..10 {
+        assert_eq!(get(&mut tx, "/").await, (StatusCode::OK, "b".into()));
+    }
+    assert_eq!(a.stats.started.load(SeqCst), 0);
+}
+
+#[tokio::test]
+async fn least_outstanding_sends_new_requests_around_a_busy_backend() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &a);
+    add_ready(&proxy, &b);
+    // Park one request on whichever backend it lands on, then the rest avoid it.
+    let slow = tokio::spawn(get_once(addr, "/gate"));
+    wait_until("gate request arrived", || {
+        a.stats.started.load(SeqCst) + b.stats.started.load(SeqCst) == 1
+    })
+    .await;
+    let (busy, free) = if a.stats.started.load(SeqCst) == 1 {
+        (&a, "b")
+    } else {
+        (&b, "a")
+    };
+    let mut tx = client(addr).await;
+    for _ in 0..10 {
+        assert_eq!(get(&mut tx, "/").await, (StatusCode::OK, free.into()));
+    }
+    busy.gate.add_permits(1);
+    assert_eq!(slow.await.expect("task").0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn idle_client_connection_is_closed_after_the_idle_timeout() {
+    let (_proxy, addr) = start_proxy(ProxyConfig {
+        idle_timeout: Duration::from_millis(100),
+        ..quick_cfg()
+    })
+    .await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // A partial request head, then silence (slowloris).
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    // hyper may answer 408 before closing, or reset; either way the connection ends.
+    let _read_result = tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf))
+        .await
+        .expect("connection closed by the proxy");
+}
+
+#[tokio::test]
+async fn garbage_requests_get_an_error_not_a_crash() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nConnection: ,,\xff\r\n\r\n",
+        b"\x00\x01\x02\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(garbage).await.expect("write");
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{:?} not closed: got {:?}",
+                    String::from_utf8_lossy(garbage),
+                    String::from_utf8_lossy(&buf)
+                )
+            });
+    }
+    // The proxy still serves.
+    assert_eq!(get_once(addr, "/").await, (StatusCode::OK, "a".into()));
+}
+
+/// An upstream that answers one request per connection and then closes it without
+/// saying so (as an app's keep-alive timeout firing right after a response).
+async fn one_shot_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nz")
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn pooled_connection_closed_by_the_app_is_not_used() {
+    let (up, accepted) = one_shot_upstream().await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    let id = proxy.add_backend(up);
+    proxy.set_ready(id, true);
+    let mut tx = client(addr).await;
+    for _ in 0..5 {
+        assert_eq!(get(&mut tx, "/").await, (StatusCode::OK, "z".into()));
+    }
+    assert_eq!(accepted.load(SeqCst), 5);
+    assert_eq!(proxy.metrics().upstream_errors, Default::default());
+}
