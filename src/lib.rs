@@ -3,15 +3,18 @@
 //! The library holds every room of the architecture (DESIGN.md); the binary is a thin shell
 //! over [`cli::main`]. Rooms: [`config`] (parse and validate), [`supervisor`] (processes,
 //! restarts, the guardian), [`logs`] (capture and rotation), [`control`] (the API on the
-//! control socket), [`daemon`] (the long-running process), [`cli`] (one file per verb), and
-//! [`protocol`] (wire types shared by the control server and its clients).
+//! control socket), [`daemon`] (the long-running process), [`lisp`] (Common Lisp apps:
+//! detection, launcher, executables, swank), [`release`] (built releases), [`cli`] (one file
+//! per verb), and [`protocol`] (wire types shared by the control server and its clients).
 
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod lisp;
 pub mod logs;
 pub mod protocol;
+pub mod release;
 pub mod supervisor;
 pub mod watch;
 

@@ -3,10 +3,13 @@
 //! Thin by design: one file per verb, each a few calls into the library. Exit codes are part
 //! of the contract: 0 ok, 1 runtime failure, 2 usage or config error, 3 no supervisor running.
 
+mod build;
 mod check;
 mod ctl;
 mod logs;
 pub mod output;
+mod releases;
+mod repl;
 mod status;
 mod up;
 
@@ -36,7 +39,9 @@ Examples:
   windlass status             one row per app instance
   windlass logs web -f        follow the logs of app `web`
   windlass restart web        restart app `web`
-  windlass down               stop every app and the supervisor";
+  windlass down               stop every app and the supervisor
+  windlass build              build a release of each Common Lisp app
+  windlass repl hello         a Lisp REPL into app `hello` over swank";
 
 /// Run, supervise, hot-reload, monitor and deploy web apps.
 #[derive(Debug, Parser)]
@@ -59,6 +64,9 @@ pub enum Command {
     Stop(ctl::AppArgs),
     Restart(ctl::AppArgs),
     Check(check::Args),
+    Build(build::Args),
+    Releases(releases::Args),
+    Repl(repl::Args),
 }
 
 /// An error on its way to the terminal: message, hint, exit code.
@@ -239,6 +247,9 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Stop(a) => ctl::act(a, Action::Stop).await,
         Command::Restart(a) => ctl::act(a, Action::Restart).await,
         Command::Check(a) => check::run(a),
+        Command::Build(a) => build::run(a).await,
+        Command::Releases(a) => releases::run(a),
+        Command::Repl(a) => repl::run(a).await,
     }
 }
 

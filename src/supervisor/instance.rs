@@ -247,7 +247,9 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
                         uptime_secs: uptime.as_secs_f64(),
                     },
                 };
-                let success = info.code == Some(0);
+                // A Lisp server that exits 0 right after its start did not serve: a failure.
+                let success = info.code == Some(0)
+                    && !(app.lisp.is_some() && uptime < app.backoff.reset_after);
                 let decision = backoff.on_exit(&app.backoff, app.restart, success, uptime);
                 ctx.set(|s| {
                     s.last_exit = Some(info.clone());

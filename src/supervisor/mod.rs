@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod capture;
 pub mod guardian;
 pub mod instance;
+pub mod lisp_image;
 pub mod process;
 
 use std::path::PathBuf;
@@ -362,6 +363,7 @@ impl Supervisor {
                         .next_start
                         .map(|t| t.saturating_duration_since(now).as_secs_f64()),
                     message: s.message,
+                    lisp: None,
                 }
             })
             .collect();

@@ -5,5 +5,7 @@ mod helper;
 
 mod config;
 mod control;
+mod lisp;
+mod lisp_module;
 mod logs;
 mod supervise;
