@@ -3,9 +3,10 @@
 //! Thin by design: one file per verb, each a few calls into the library. Exit codes are part
 //! of the contract: 0 ok, 1 runtime failure, 2 usage or config error, 3 no supervisor running.
 
+mod attach;
 mod build;
 mod check;
-mod ctl;
+pub(crate) mod ctl;
 mod logs;
 pub mod output;
 mod releases;
@@ -41,7 +42,8 @@ Examples:
   windlass restart web        restart app `web`
   windlass down               stop every app and the supervisor
   windlass build              build a release of each Common Lisp app
-  windlass repl hello         a Lisp REPL into app `hello` over swank";
+  windlass repl hello         a Lisp REPL into app `hello` over swank
+  windlass attach hello       the app's console (its REPL); detach with Ctrl-]";
 
 /// Run, supervise, hot-reload, monitor and deploy web apps.
 #[derive(Debug, Parser)]
@@ -67,6 +69,7 @@ pub enum Command {
     Build(build::Args),
     Releases(releases::Args),
     Repl(repl::Args),
+    Attach(attach::Args),
 }
 
 /// An error on its way to the terminal: message, hint, exit code.
@@ -250,6 +253,7 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Build(a) => build::run(a).await,
         Command::Releases(a) => releases::run(a),
         Command::Repl(a) => repl::run(a).await,
+        Command::Attach(a) => attach::run(a).await,
     }
 }
 

@@ -4,6 +4,7 @@
 //! be mounted on the admin listener for the dashboard. Wire types live in [`crate::protocol`].
 
 pub mod client;
+pub mod console;
 
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
@@ -39,6 +40,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/logs", get(logs))
         .route("/v1/apps/{app}", get(app_status))
         .route("/v1/apps/{app}/reload-in-place", post(reload_in_place))
+        .route("/v1/apps/{app}/console", get(console::attach))
         .route("/v1/apps/{app}/{action}", post(app_action))
         .route("/v1/down", post(down))
         .fallback(not_found)
@@ -61,7 +63,7 @@ pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-fn error(status: StatusCode, err: impl Into<String>, hint: Option<String>) -> Response {
+pub(crate) fn error(status: StatusCode, err: impl Into<String>, hint: Option<String>) -> Response {
     (
         status,
         Json(ApiError {
@@ -72,7 +74,7 @@ fn error(status: StatusCode, err: impl Into<String>, hint: Option<String>) -> Re
         .into_response()
 }
 
-fn sup_error(e: SupervisorError) -> Response {
+pub(crate) fn sup_error(e: SupervisorError) -> Response {
     let status = match e {
         SupervisorError::UnknownApp { .. } => StatusCode::NOT_FOUND,
         SupervisorError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

@@ -18,6 +18,9 @@
 ;;;; Environment read at run time:
 ;;;;   WINDLASS_STOP_TIMEOUT  seconds to wait for in-flight requests (default 10)
 ;;;;   WINDLASS_SWANK_PORT    start swank on 127.0.0.1:PORT (0 = any free port)
+;;;;   WINDLASS_CONSOLE       1: run a REPL on stdin/stdout (the console `windlass
+;;;;                          attach` shows); SIGINT (Ctrl-C there) then aborts the
+;;;;                          form being evaluated instead of stopping the app
 ;;;; Lines written to stderr start with "windlass-lisp: "; the swank port is
 ;;;; announced as "windlass-lisp: swank-port=N".
 
@@ -137,6 +140,56 @@ Returns NIL when Hunchentoot is not loaded."
         (sleep 0.02)))
     (die 0)))
 
+(defvar *console-thread* nil
+  "The console REPL's thread, when WINDLASS_CONSOLE=1.")
+
+(defun interrupt-console ()
+  "SIGINT with a console: abort the form being evaluated (like a REPL), not the app.
+Returns NIL when there is no console REPL running."
+  (let ((thread *console-thread*))
+    (when (and thread (sb-thread:thread-alive-p thread))
+      (sb-thread:interrupt-thread thread
+                                  (lambda () (throw 'console-abort :interrupted)))
+      t)))
+
+(defun console-repl ()
+  "A REPL on the console (stdin/stdout, a PTY windlass attaches viewers to). Errors are
+printed and the loop goes on: the debugger stays disabled. End of input ends the REPL,
+not the app."
+  (let ((*package* (find-package :cl-user))
+        (eof (gensym "EOF")))
+    (loop
+      (ignore-errors
+       (format t "~&~a> " (or (first (package-nicknames *package*))
+                              (package-name *package*)))
+       (finish-output))
+      (let ((outcome
+              (catch 'console-abort
+                (handler-case
+                    (let ((form (read *standard-input* nil eof)))
+                      (when (eq form eof)
+                        (return))
+                      (let ((values (multiple-value-list (eval form))))
+                        (setf +++ ++ ++ + + form
+                              *** ** ** * * (first values))
+                        (dolist (value values)
+                          (format t "~&~s" value))
+                        (terpri)
+                        (finish-output)
+                        :ok))
+                  (error (e)
+                    (ignore-errors
+                     (format t "~&; ~a: ~a~%" (type-of e) e)
+                     (finish-output))
+                    :error)))))
+        (when (eq outcome :interrupted)
+          (ignore-errors (clear-input *standard-input*))
+          (format t "~&; interrupted (the app keeps running; stop it with windlass stop)~%"))))))
+
+(defun start-console ()
+  (setf *console-thread*
+        (sb-thread:make-thread #'console-repl :name "windlass console")))
+
 (defun on-stop-signal (name)
   (if (sb-ext:compare-and-swap (symbol-value '*stopping*) nil t)
       (say "~a: a stop is already in progress" name)
@@ -151,7 +204,8 @@ Returns NIL when Hunchentoot is not loaded."
   (sb-sys:enable-interrupt sb-unix:sigint
                            (lambda (signal info context)
                              (declare (ignore signal info context))
-                             (on-stop-signal "SIGINT")))
+                             (unless (interrupt-console)
+                               (on-stop-signal "SIGINT"))))
   (sb-sys:enable-interrupt sb-unix:sighup
                            (lambda (signal info context)
                              (declare (ignore signal info context))
@@ -257,6 +311,8 @@ ENTRY (a \"package:function\" string) with no arguments, stay in the foreground.
   (let ((started (sb-thread:with-mutex (*lock*) (copy-list *acceptors*))))
     (when (and (null started) (find-package "HUNCHENTOOT"))
       (say "the entry point returned and no Hunchentoot acceptor runs; staying up until stopped"))
+    (when (equal (sb-ext:posix-getenv "WINDLASS_CONSOLE") "1")
+      (start-console))
     (loop
       (sb-thread:wait-on-semaphore *wake*)
       (when (and started (not *stopping*)

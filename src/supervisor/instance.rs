@@ -53,6 +53,8 @@ pub struct InstanceCell {
     pub index: u32,
     pub state: Mutex<InstanceState>,
     pub stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// The console (PTY) of apps with `console = true`; kept across restarts.
+    pub console: Arc<super::console::Console>,
 }
 
 impl InstanceCell {
@@ -70,6 +72,7 @@ impl InstanceCell {
                 message: None,
             }),
             stderr_tail: Arc::new(Mutex::new(VecDeque::new())),
+            console: Arc::default(),
         }
     }
 
@@ -173,7 +176,17 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        let spawned = process::spawn(&app, &launch);
+        let spawned = if app.console {
+            super::console::spawn(
+                &app,
+                &launch,
+                &ctx.cell.console,
+                ctx.log.clone(),
+                ctx.cell.stderr_tail.clone(),
+            )
+        } else {
+            process::spawn(&app, &launch)
+        };
         let (mut child, pgid, started) = match spawned {
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);

@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod capture;
+pub mod console;
 pub mod guardian;
 pub mod instance;
 pub mod lisp_image;
@@ -375,6 +376,19 @@ impl Supervisor {
             instances,
             log_lines_dropped: rt.log.dropped(),
         }
+    }
+
+    /// The console of instance `index` of `app` (apps with `console = true`).
+    pub fn console(&self, app: &str, index: u32) -> Result<Arc<console::Console>, SupervisorError> {
+        let rt = self.app(app)?;
+        rt.instances
+            .iter()
+            .find(|i| i.cell.index == index)
+            .map(|i| i.cell.console.clone())
+            .ok_or_else(|| SupervisorError::UnknownApp {
+                name: format!("{app} (instance {index})"),
+                known: self.app_names(),
+            })
     }
 
     /// The pid of the guardian process, if any.
