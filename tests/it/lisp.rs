@@ -239,3 +239,78 @@ fn a_built_release_runs_without_the_sources() {
         dir.display()
     );
 }
+
+/// Reads what the PTY master has until `needle` shows up after `from`.
+fn read_until(
+    master: &mut std::fs::File,
+    seen: &mut String,
+    from: usize,
+    needle: &str,
+) -> Option<()> {
+    let mut buf = [0u8; 4096];
+    match master.read(&mut buf) {
+        Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        _ => {}
+    }
+    seen[from.min(seen.len())..].contains(needle).then_some(())
+}
+
+#[test]
+fn attach_reaches_the_lisp_repl_and_detaches_with_ctrl_bracket() {
+    use std::os::fd::AsRawFd;
+    let port = free_port();
+    let p = hello_lisp(port, "");
+    let _sup = p.up(&[]);
+    wait_healthy(&p, port);
+    let pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
+
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let mut master = std::fs::File::from(pty.master);
+    // Non-blocking reads so every wait has a deadline.
+    // SAFETY: plain fcntl on an fd this test owns.
+    unsafe {
+        let fd = master.as_raw_fd();
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        );
+    }
+    let slave = pty.slave;
+    let mut child = p
+        .cmd(&["attach", "hello"])
+        .stdin(std::process::Stdio::from(slave.try_clone().expect("dup")))
+        .stdout(std::process::Stdio::from(slave.try_clone().expect("dup")))
+        .stderr(std::process::Stdio::from(slave))
+        .spawn()
+        .expect("spawn attach");
+    let mut seen = String::new();
+    wait_for("the attach banner", DEADLINE, || {
+        read_until(&mut master, &mut seen, 0, "detach with Ctrl-]")
+    });
+    let from = seen.len();
+    master.write_all(b"(+ 1 2)\r").expect("type");
+    wait_for("the REPL's answer", DEADLINE, || {
+        read_until(&mut master, &mut seen, from, "\n3")
+    });
+    let from = seen.len();
+    master
+        .write_all(b"(length (hunchentoot:acceptor-address hello-lisp::*acceptor*))\r")
+        .expect("type");
+    wait_for("the REPL to see the app", DEADLINE, || {
+        read_until(&mut master, &mut seen, from, "\n9")
+    });
+    master.write_all(&[0x1d]).expect("Ctrl-]");
+    let status = wait_for("attach to exit", DEADLINE, || {
+        let _ = read_until(&mut master, &mut seen, 0, "");
+        child.try_wait().expect("try_wait")
+    });
+    assert_eq!(status.code(), Some(0), "{seen}");
+    assert!(seen.contains("detached"), "{seen}");
+    // The app is still there, same process, and serving.
+    assert_eq!(http_get(port, "/health").expect("get").1, "ok");
+    assert_eq!(p.instance("hello", 0)["pid"].as_i64(), Some(pid));
+    // The console's output is in the app's log, as stream `out`.
+    let log = p.log_lines("hello").join("\n");
+    assert!(log.contains("out hello-lisp 1 listening"), "{log}");
+}
