@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
+# Common Lisp apps: SBCL and the Debian-packaged libraries the example and tests load.
+command -v sbcl >/dev/null || need+=(sbcl)
+for pkg in cl-hunchentoot cl-swank cl-bordeaux-threads; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -338,12 +338,12 @@ mod tests {
     #[test]
     fn ids_are_compact_utc_timestamps_made_unique() {
         let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-        assert_eq!(timestamp_id(t), "20261018T094640Z");
+        assert_eq!(timestamp_id(t), "20261118T110640Z");
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(new_id(dir.path(), t), "20261018T094640Z");
-        std::fs::create_dir(dir.path().join("20261018T094640Z")).expect("mkdir");
-        assert_eq!(new_id(dir.path(), t), "20261018T094640Z-2");
-        assert!(valid_id("20261018T094640Z-2"));
+        assert_eq!(new_id(dir.path(), t), "20261118T110640Z");
+        std::fs::create_dir(dir.path().join("20261118T110640Z")).expect("mkdir");
+        assert_eq!(new_id(dir.path(), t), "20261118T110640Z-2");
+        assert!(valid_id("20261118T110640Z-2"));
         assert!(!valid_id("../x") && !valid_id(".build") && !valid_id(""));
     }
 
