@@ -12,8 +12,12 @@ command -v curl >/dev/null || need+=(curl)
 command -v promtool >/dev/null || need+=(prometheus)            # promtool check metrics
 command -v chromium >/dev/null || need+=(chromium)              # the dashboard test
 command -v chromedriver >/dev/null || need+=(chromium-driver)
-command -v sbcl >/dev/null || need+=(sbcl)      # the Common Lisp fixture of `windlass init`
 command -v node >/dev/null || need+=(nodejs)    # the Node fixture
+# Common Lisp apps: SBCL and the Debian-packaged libraries the example and tests load.
+command -v sbcl >/dev/null || need+=(sbcl)
+for pkg in cl-hunchentoot cl-swank cl-bordeaux-threads; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -3,9 +3,11 @@
 //! The library holds every room of the architecture (DESIGN.md); the binary is a thin shell
 //! over [`cli::main`]. Rooms: [`config`] (parse and validate), [`supervisor`] (processes,
 //! restarts, the guardian), [`logs`] (capture and rotation), [`control`] (the API on the
-//! control socket), [`daemon`] (the long-running process), [`cli`] (one file per verb), and
-//! [`protocol`] (wire types shared by the control server and its clients); [`init`] detects
-//! projects for `windlass init` and [`ports`] finds who holds a port.
+//! control socket), [`daemon`] (the long-running process), [`lisp`] (Common Lisp apps:
+//! detection, launcher, executables, swank), [`release`] (built releases), [`proxy`] (the
+//! reverse proxy) and [`health`] (its checks), [`cli`] (one file per verb), and [`protocol`]
+//! (wire types shared by the control server and its clients); [`init`] detects projects for
+//! `windlass init` and [`ports`] finds who holds a port.
 
 pub mod admin;
 pub mod cli;
@@ -15,11 +17,13 @@ pub mod daemon;
 pub mod dashboard;
 pub mod health;
 pub mod init;
+pub mod lisp;
 pub mod logs;
 pub mod metrics;
 pub mod ports;
 pub mod protocol;
 pub mod proxy;
+pub mod release;
 pub mod supervisor;
 pub mod watch;
 

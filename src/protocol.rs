@@ -79,6 +79,9 @@ pub struct InstanceStatus {
     pub next_start_in_secs: Option<f64>,
     /// A human explanation of the state (spawn error, crash loop...).
     pub message: Option<String>,
+    /// Lisp apps with swank, in `GET /v1/apps/{app}` only: the image's heap, GC and threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lisp: Option<crate::lisp::swank::LispMetrics>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -211,4 +214,30 @@ pub struct ActionResult {
     pub ok: bool,
     pub message: String,
     pub app: Option<AppStatus>,
+}
+
+/// Answer to `POST /v1/apps/{app}/reload-in-place`: one entry per instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InPlaceReport {
+    pub app: String,
+    /// True when every instance reloaded without an error.
+    pub ok: bool,
+    pub instances: Vec<InstanceReload>,
+}
+
+/// How an in-place reload went in one instance's image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceReload {
+    pub index: u32,
+    pub ok: bool,
+    /// The error's type and text, when the reload form failed (the old code keeps running).
+    pub error: Option<String>,
+    /// Warnings signalled while compiling (`TYPE: text`).
+    pub warnings: Vec<String>,
+    /// What the compiler wrote to `*error-output*`.
+    pub diagnostics: String,
+    /// What the reload form printed.
+    pub output: String,
+    /// The app's log lines (stderr, or the console) written during the reload.
+    pub log_lines: Vec<String>,
 }

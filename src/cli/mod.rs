@@ -3,12 +3,16 @@
 //! Thin by design: one file per verb, each a few calls into the library. Exit codes are part
 //! of the contract: 0 ok, 1 runtime failure, 2 usage or config error, 3 no supervisor running.
 
+mod attach;
+mod build;
 mod check;
 mod completions;
-mod ctl;
+pub(crate) mod ctl;
 mod init;
 mod logs;
 pub mod output;
+mod releases;
+mod repl;
 mod status;
 mod top;
 mod up;
@@ -42,7 +46,10 @@ Examples:
   windlass restart web        restart app `web`
   windlass reload web         zero-downtime reload of app `web`
   windlass top                live CPU, memory and requests per instance
-  windlass down               stop every app and the supervisor";
+  windlass down               stop every app and the supervisor
+  windlass build              build a release of each Common Lisp app
+  windlass repl hello         a Lisp REPL into app `hello` over swank
+  windlass attach hello       the app's console (its REPL); detach with Ctrl-]";
 
 /// Run, supervise, hot-reload, monitor and deploy web apps.
 #[derive(Debug, Parser)]
@@ -70,6 +77,10 @@ pub enum Command {
     Init(init::Args),
     Completions(completions::Args),
     Man(completions::ManArgs),
+    Build(build::Args),
+    Releases(releases::Args),
+    Repl(repl::Args),
+    Attach(attach::Args),
 }
 
 /// An error on its way to the terminal: message, hint, exit code.
@@ -259,6 +270,10 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Init(a) => init::run(a),
         Command::Completions(a) => completions::run(a),
         Command::Man(a) => completions::man(a),
+        Command::Build(a) => build::run(a).await,
+        Command::Releases(a) => releases::run(a),
+        Command::Repl(a) => repl::run(a).await,
+        Command::Attach(a) => attach::run(a).await,
     }
 }
 

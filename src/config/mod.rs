@@ -35,6 +35,9 @@ pub mod envvars {
     pub const STATE_DIR: &str = "WINDLASS_DIR";
     /// Disables colour when set to any value (<https://no-color.org>).
     pub const NO_COLOR: &str = "NO_COLOR";
+    /// Set to `1` for apps with `console = true`: stdin is a terminal someone may attach to
+    /// (the Lisp runtime then runs a REPL on it).
+    pub const CONSOLE: &str = "WINDLASS_CONSOLE";
 }
 
 /// Where the apps came from.
@@ -65,10 +68,15 @@ impl Config {
 
     /// The directory windlass keeps its state in for this project.
     pub fn state_dir(&self) -> PathBuf {
-        match std::env::var_os(envvars::STATE_DIR) {
-            Some(d) if !d.is_empty() => PathBuf::from(d),
-            _ => self.root.join(".windlass"),
-        }
+        state_dir_for(&self.root)
+    }
+}
+
+/// The state directory of the project rooted at `root`: `WINDLASS_DIR`, else `root/.windlass`.
+pub fn state_dir_for(root: &Path) -> PathBuf {
+    match std::env::var_os(envvars::STATE_DIR) {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => root.join(".windlass"),
     }
 }
 
@@ -98,6 +106,49 @@ pub struct AppConfig {
     pub console: bool,
     pub logs: LogsConfig,
     pub autostart: bool,
+    /// Set for Common Lisp apps (`lisp = { system, entry }`).
+    pub lisp: Option<LispConfig>,
+}
+
+/// A Common Lisp app: what `lisp = { ... }` and its companion keys resolve to.
+#[derive(Debug, Clone)]
+pub struct LispConfig {
+    pub app: crate::lisp::launcher::LispApp,
+    /// The SBCL binary, when not `sbcl` from `PATH`.
+    pub sbcl: Option<PathBuf>,
+    /// The project directory (the app's `cwd`): where the `.asd` files are.
+    pub project_dir: PathBuf,
+    /// The fasl cache (`XDG_CACHE_HOME` of the app's env, else `.windlass/cache`).
+    pub cache_dir: PathBuf,
+    /// Swank on 127.0.0.1: instance `i` listens on `swank_port + i`.
+    pub swank_port: Option<u16>,
+    /// The form an in-place reload evaluates in the running image.
+    pub reload_eval: String,
+    /// Run a built release instead of the sources.
+    pub release: Option<ReleaseSel>,
+    /// Where `windlass build` puts releases (`.windlass/releases`).
+    pub releases_dir: PathBuf,
+    /// How many releases of this app `windlass build` keeps.
+    pub keep_releases: u32,
+}
+
+impl LispConfig {
+    /// The swank address of instance `index`, when swank is configured.
+    pub fn swank_addr(&self, index: u32) -> Option<SocketAddr> {
+        let port = u32::from(self.swank_port?) + index;
+        u16::try_from(port)
+            .ok()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+    }
+}
+
+/// `release = "latest" | "<id>"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseSel {
+    /// The newest release of the app, looked up at every start.
+    Latest,
+    /// One release, by id.
+    Id(String),
 }
 
 /// Hand-written so that environment values (which often hold secrets) never reach a log.

@@ -99,6 +99,7 @@ pub fn parse(file: &Path, root: &Path, text: &str) -> Result<Config, ConfigError
             console: false,
             logs: LogsConfig::default(),
             autostart: true,
+            lisp: None,
         });
     }
     if apps.is_empty() && diags.is_empty() {

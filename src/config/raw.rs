@@ -48,6 +48,22 @@ pub struct RawApp {
     pub console: Option<bool>,
     pub logs: Option<RawLogs>,
     pub autostart: Option<bool>,
+    /// Common Lisp apps: `lisp = { system, entry }` instead of `command`.
+    pub lisp: Option<Spanned<RawLisp>>,
+    pub swank_port: Option<Spanned<u16>>,
+    pub reload_eval: Option<Spanned<String>>,
+    pub release: Option<Spanned<String>>,
+    pub keep_releases: Option<Spanned<u32>>,
+}
+
+/// `lisp = { system = "...", entry = "package:function" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLisp {
+    pub system: String,
+    pub entry: String,
+    /// The SBCL binary (default `sbcl` from `PATH`).
+    pub sbcl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,13 +8,15 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::raw::{RawApp, RawCommand, RawConfig, RawLogs, ReloadStrategy, RestartPolicy};
 use super::{
     AdminConfig, AppConfig, BackoffConfig, Config, ConfigError, Diagnostic, HealthConfig,
-    LogsConfig, ProxySettings, Source, StopConfig, did_you_mean, envfile, envvars, valid_app_name,
-    valid_env_name,
+    LispConfig, LogsConfig, ProxySettings, ReleaseSel, Source, StopConfig, did_you_mean, envfile,
+    envvars, valid_app_name, valid_env_name,
 };
+use crate::lisp::launcher::{self, LispApp, SourceOptions};
 
 struct Ctx<'a> {
     file: &'a Path,
@@ -119,12 +121,22 @@ fn resolve_app(
     let before = cx.diags.len();
     let shell = raw.shell.unwrap_or(false);
     let argv = match &raw.command {
+        None if raw.lisp.is_some() => Vec::new(),
+        Some(_) if raw.lisp.is_some() => {
+            let lspan = raw.lisp.as_ref().map(|l| l.span());
+            cx.error(
+                lspan,
+                format!("app `{name}` has both `command` and `lisp`"),
+                Some("keep one: `lisp = { system, entry }` runs an ASDF system with windlass's Lisp runtime, `command` runs any program".into()),
+            );
+            Vec::new()
+        }
         None => {
             cx.error(
                 Some(span.clone()),
-                format!("app `{name}` has no `command`"),
+                format!("app `{name}` has no `command` (and no `lisp`)"),
                 Some(
-                    "add the command that starts it, e.g. command = [\"python3\", \"app.py\"]"
+                    "add the command that starts it, e.g. command = [\"python3\", \"app.py\"], or for a Common Lisp app lisp = { system = \"my-app\", entry = \"my-app:main\" }"
                         .into(),
                 ),
             );
@@ -350,6 +362,37 @@ fn resolve_app(
         );
     }
 
+    let health = match &raw.health {
+        // A cold compile of a Lisp system and its dependencies takes 16-60 s on 2 cores.
+        Some(h) if h.start_timeout.is_some() => health,
+        _ if raw.lisp.is_some() => HealthConfig {
+            start_timeout: LISP_START_TIMEOUT,
+            ..health
+        },
+        _ => health,
+    };
+    let console = raw.console.unwrap_or(raw.lisp.is_some());
+    let mut argv = argv;
+    let lisp = resolve_lisp(
+        cx,
+        root,
+        name,
+        raw,
+        LispCtx {
+            cwd: &cwd,
+            env: &mut env,
+            stop: &stop,
+            console,
+            shell,
+        },
+    )
+    .map(|(lisp, lisp_argv)| {
+        if let Some(a) = lisp_argv {
+            argv = a;
+        }
+        lisp
+    });
+
     if cx.diags.len() > before {
         return None;
     }
@@ -371,10 +414,209 @@ fn resolve_app(
         reload_signal: raw.reload_signal.map(|s| s.0),
         watch,
         proxy,
-        console: raw.console.unwrap_or(false),
+        console,
         logs: resolve_logs(Some(default_logs), raw.logs),
         autostart: raw.autostart.unwrap_or(true),
+        lisp,
     })
+}
+
+/// Default `health.start_timeout` of a Lisp app: a cold compile is slow.
+const LISP_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Releases of an app `windlass build` keeps by default.
+const KEEP_RELEASES: u32 = 5;
+
+/// What [`resolve_lisp`] needs of the app resolved so far.
+struct LispCtx<'a> {
+    cwd: &'a Path,
+    env: &'a mut Vec<(String, String)>,
+    stop: &'a StopConfig,
+    console: bool,
+    shell: bool,
+}
+
+/// Resolves `lisp`, `swank_port`, `reload_eval`, `release` and `keep_releases`. Returns the
+/// Lisp config and, in source mode, the argv (the runtime's environment goes into `env`,
+/// before the user's own, which wins).
+fn resolve_lisp(
+    cx: &mut Ctx<'_>,
+    root: &Path,
+    name: &str,
+    raw: &RawApp,
+    lc: LispCtx<'_>,
+) -> Option<(LispConfig, Option<Vec<String>>)> {
+    let only_lisp = |cx: &mut Ctx<'_>, span: Range<usize>, key: &str| {
+        cx.error(
+            Some(span),
+            format!("`{key}` is only for Common Lisp apps, and app `{name}` has no `lisp`"),
+            Some(
+                "add lisp = { system = \"my-app\", entry = \"my-app:main\" }, or remove the key"
+                    .into(),
+            ),
+        );
+    };
+    let Some(rl) = &raw.lisp else {
+        for (key, span) in [
+            ("swank_port", raw.swank_port.as_ref().map(|s| s.span())),
+            ("reload_eval", raw.reload_eval.as_ref().map(|s| s.span())),
+            ("release", raw.release.as_ref().map(|s| s.span())),
+            (
+                "keep_releases",
+                raw.keep_releases.as_ref().map(|s| s.span()),
+            ),
+        ] {
+            if let Some(span) = span {
+                only_lisp(cx, span, key);
+            }
+        }
+        return None;
+    };
+    let lspan = rl.span();
+    let r = rl.get_ref();
+    let app = match LispApp::new(r.system.clone(), r.entry.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            cx.error(
+                Some(lspan),
+                format!("app `{name}`: {e}"),
+                Some(
+                    "for example lisp = { system = \"hello-lisp\", entry = \"hello-lisp:main\" }"
+                        .into(),
+                ),
+            );
+            return None;
+        }
+    };
+    if lc.shell {
+        cx.error(
+            Some(lspan.clone()),
+            format!("app `{name}` has `lisp` and `shell = true`"),
+            Some("remove `shell`: a Lisp app runs SBCL directly".into()),
+        );
+    }
+    let swank_port = match &raw.swank_port {
+        Some(p) if *p.get_ref() == 0 => {
+            cx.error(
+                Some(p.span()),
+                "`swank_port` cannot be 0",
+                Some("pick a fixed port such as 4005: `windlass repl` finds swank through it (instance i uses swank_port + i)".into()),
+            );
+            None
+        }
+        Some(p) => Some(*p.get_ref()),
+        None => None,
+    };
+    let reload_eval = match &raw.reload_eval {
+        Some(f) => {
+            if crate::lisp::sexp::parse(f.get_ref()).is_err() {
+                cx.error(
+                    Some(f.span()),
+                    "`reload_eval` is not one readable Lisp form",
+                    Some("write one form, e.g. reload_eval = \"(asdf:load-system \\\"my-app\\\")\"; wrap several in (progn ...)".into()),
+                );
+            }
+            f.get_ref().clone()
+        }
+        None => crate::lisp::swank::reload_form(&app.system),
+    };
+    let release = raw.release.as_ref().and_then(|r| {
+        let v = r.get_ref().trim();
+        if v == "latest" {
+            Some(ReleaseSel::Latest)
+        } else if crate::release::valid_id(v) {
+            Some(ReleaseSel::Id(v.to_owned()))
+        } else {
+            cx.error(
+                Some(r.span()),
+                format!("invalid `release` `{v}`"),
+                Some("write \"latest\" (the newest `windlass build`) or a release id from `windlass releases`".into()),
+            );
+            None
+        }
+    });
+    let keep_releases = match &raw.keep_releases {
+        Some(k) if *k.get_ref() == 0 => {
+            cx.error(Some(k.span()), "`keep_releases` must be at least 1", None);
+            KEEP_RELEASES
+        }
+        Some(k) => *k.get_ref(),
+        None => KEEP_RELEASES,
+    };
+    let state_dir = super::state_dir_for(root);
+    let cache_dir = lc
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == launcher::ENV_XDG_CACHE_HOME)
+        .map(|(_, v)| lc.cwd.join(v))
+        .unwrap_or_else(|| state_dir.join("cache"));
+    let sbcl = r.sbcl.as_ref().map(PathBuf::from);
+    // The runtime's grace for in-flight requests stays below windlass's stop timeout, so
+    // the app exits by itself before windlass resorts to SIGKILL.
+    let grace = lc
+        .stop
+        .timeout
+        .saturating_sub(Duration::from_millis(500))
+        .max(lc.stop.timeout / 2);
+    let mut runtime_env: Vec<(String, String)> = Vec::new();
+    let argv = if release.is_some() {
+        runtime_env.push((
+            launcher::ENV_STOP_TIMEOUT.to_owned(),
+            format!("{:.3}", grace.as_secs_f64()),
+        ));
+        None
+    } else {
+        let options = SourceOptions {
+            sbcl: sbcl.clone(),
+            swank_port,
+            cache_dir: Some(cache_dir.clone()),
+            stop_timeout: Some(grace),
+            ..SourceOptions::default()
+        };
+        match launcher::source_command(&app, lc.cwd, &options) {
+            Ok(cmd) => {
+                runtime_env.extend(cmd.env);
+                Some(cmd.argv)
+            }
+            Err(e) => {
+                cx.error(
+                    Some(lspan),
+                    format!("app `{name}`: cannot prepare the Lisp launcher: {e}"),
+                    Some("check `cwd`: it must be the directory of the .asd file".into()),
+                );
+                return None;
+            }
+        }
+    };
+    if let Some(p) = swank_port {
+        // In source mode the launcher put it there already.
+        if !runtime_env
+            .iter()
+            .any(|(k, _)| k == launcher::ENV_SWANK_PORT)
+        {
+            runtime_env.push((launcher::ENV_SWANK_PORT.to_owned(), p.to_string()));
+        }
+    }
+    if lc.console {
+        runtime_env.push((envvars::CONSOLE.to_owned(), "1".to_owned()));
+    }
+    runtime_env.retain(|(k, _)| !lc.env.iter().any(|(uk, _)| uk == k));
+    runtime_env.append(lc.env);
+    *lc.env = runtime_env;
+    Some((
+        LispConfig {
+            app,
+            sbcl,
+            project_dir: lc.cwd.to_path_buf(),
+            cache_dir,
+            swank_port,
+            reload_eval,
+            release,
+            releases_dir: state_dir.join("releases"),
+            keep_releases,
+        },
+        argv,
+    ))
 }
 
 fn resolve_admin(cx: &mut Ctx<'_>, raw: Option<&super::raw::RawAdmin>) -> AdminConfig {

@@ -4,6 +4,7 @@
 //! be mounted on the admin listener for the dashboard. Wire types live in [`crate::protocol`].
 
 pub mod client;
+pub mod console;
 
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
@@ -21,7 +22,7 @@ use tokio::sync::{Notify, broadcast, watch};
 
 use crate::logs::tail::last_records;
 use crate::protocol::{ActionResult, ApiError, LogLine, LogsQuery, Stream};
-use crate::supervisor::{Action, Supervisor, SupervisorError};
+use crate::supervisor::{Action, Supervisor, SupervisorError, lisp_image};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -38,6 +39,8 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/logs", get(logs))
         .route("/v1/apps/{app}", get(app_status))
+        .route("/v1/apps/{app}/reload-in-place", post(reload_in_place))
+        .route("/v1/apps/{app}/console", get(console::attach))
         .route("/v1/apps/{app}/{action}", post(app_action))
         .route("/v1/down", post(down))
         .fallback(not_found)
@@ -60,7 +63,7 @@ pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-fn error(status: StatusCode, err: impl Into<String>, hint: Option<String>) -> Response {
+pub(crate) fn error(status: StatusCode, err: impl Into<String>, hint: Option<String>) -> Response {
     (
         status,
         Json(ApiError {
@@ -71,7 +74,7 @@ fn error(status: StatusCode, err: impl Into<String>, hint: Option<String>) -> Re
         .into_response()
 }
 
-fn sup_error(e: SupervisorError) -> Response {
+pub(crate) fn sup_error(e: SupervisorError) -> Response {
     let status = match e {
         SupervisorError::UnknownApp { .. } => StatusCode::NOT_FOUND,
         SupervisorError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -101,8 +104,38 @@ async fn status(AxState(ctx): AxState<Ctx>) -> Response {
 
 async fn app_status(AxState(ctx): AxState<Ctx>, UrlPath(app): UrlPath<String>) -> Response {
     match ctx.supervisor.app_status_by_name(&app) {
-        Ok(s) => Json(s).into_response(),
+        Ok(mut s) => {
+            if let Some(cfg) = ctx.supervisor.config().app(&app) {
+                for inst in s.instances.iter_mut().filter(|i| i.pid.is_some()) {
+                    inst.lisp = lisp_image::lisp_metrics(cfg, inst.index).await;
+                }
+            }
+            Json(s).into_response()
+        }
         Err(e) => sup_error(e),
+    }
+}
+
+/// `POST /v1/apps/{app}/reload-in-place`: evaluate the app's `reload_eval` in its running
+/// images. 200 with `ok: false` when the code does not compile (the old code keeps serving).
+async fn reload_in_place(AxState(ctx): AxState<Ctx>, UrlPath(app): UrlPath<String>) -> Response {
+    let Some(cfg) = ctx.supervisor.config().app(&app).cloned() else {
+        return sup_error(SupervisorError::UnknownApp {
+            name: app,
+            known: ctx.supervisor.app_names(),
+        });
+    };
+    let logs = ctx.supervisor.subscribe_logs();
+    match lisp_image::reload_in_place(&cfg, logs).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => {
+            let status = match e {
+                lisp_image::InPlaceError::Swank { .. } => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            let hint = e.hint();
+            error(status, e.to_string(), hint)
+        }
     }
 }
 

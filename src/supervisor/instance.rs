@@ -74,6 +74,8 @@ pub struct InstanceCell {
     pub state: Mutex<InstanceState>,
     /// The stderr tail of the current process.
     stderr_tail: Mutex<Tail>,
+    /// The console (PTY) of apps with `console = true`; kept across restarts.
+    pub console: Arc<super::console::Console>,
 }
 
 impl InstanceCell {
@@ -92,6 +94,7 @@ impl InstanceCell {
                 message: None,
             }),
             stderr_tail: Mutex::new(Arc::default()),
+            console: Arc::default(),
         }
     }
 
@@ -209,10 +212,25 @@ fn spawn_proc(
         port,
         guardian_fd: ctx.guardian_fd,
     };
-    let mut child = process::spawn(app, &launch)?;
-    let pid = child.id().unwrap_or(0);
     let tail: Tail = Arc::default();
-    let output: Tail = Arc::default();
+    // On a console (PTY) both streams are one: its tail serves as both.
+    let output: Tail = if app.console {
+        tail.clone()
+    } else {
+        Arc::default()
+    };
+    let mut child = if app.console {
+        super::console::spawn(
+            app,
+            &launch,
+            &ctx.cell.console,
+            ctx.log.clone(),
+            tail.clone(),
+        )?
+    } else {
+        process::spawn(app, &launch)?
+    };
+    let pid = child.id().unwrap_or(0);
     if let Some(out) = child.stdout.take() {
         let tails = vec![output.clone()];
         tokio::spawn(capture(
@@ -418,8 +436,11 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
                         uptime_secs: uptime.as_secs_f64(),
                     },
                 };
-                // A health-check failure is a failure whatever the exit status says.
-                let success = info.code == Some(0) && why.is_none();
+                // A health-check failure is a failure whatever the exit status says, and so
+                // is a Lisp server that exits 0 right after its start: it did not serve.
+                let success = info.code == Some(0)
+                    && why.is_none()
+                    && !(app.lisp.is_some() && uptime < app.backoff.reset_after);
                 let decision = backoff.on_exit(&app.backoff, app.restart, success, uptime);
                 ctx.set(|s| {
                     s.last_exit = Some(info.clone());

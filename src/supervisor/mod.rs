@@ -8,8 +8,10 @@
 
 pub mod backoff;
 pub mod capture;
+pub mod console;
 pub mod guardian;
 pub mod instance;
+pub mod lisp_image;
 pub mod process;
 
 use std::path::PathBuf;
@@ -492,6 +494,7 @@ impl Supervisor {
                         .next_start
                         .map(|t| t.saturating_duration_since(now).as_secs_f64()),
                     message: s.message,
+                    lisp: None,
                 }
             })
             .collect();
@@ -511,6 +514,19 @@ impl Supervisor {
                 }
             }),
         }
+    }
+
+    /// The console of instance `index` of `app` (apps with `console = true`).
+    pub fn console(&self, app: &str, index: u32) -> Result<Arc<console::Console>, SupervisorError> {
+        let rt = self.app(app)?;
+        rt.instances
+            .iter()
+            .find(|i| i.cell.index == index)
+            .map(|i| i.cell.console.clone())
+            .ok_or_else(|| SupervisorError::UnknownApp {
+                name: format!("{app} (instance {index})"),
+                known: self.app_names(),
+            })
     }
 
     /// The pid of the guardian process, if any.

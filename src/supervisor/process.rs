@@ -30,8 +30,9 @@ pub struct Launch {
 /// Spawns one instance of `app`: its own process group, stdin from /dev/null, stdout and stderr
 /// piped to windlass.
 pub fn spawn(app: &AppConfig, launch: &Launch) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&app.argv[0]);
-    cmd.args(&app.argv[1..])
+    let argv = crate::release::argv_for(app)?;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
         .current_dir(&app.cwd)
         .envs(app.env.iter().map(|(k, v)| (k, v)))
         .env(envvars::INSTANCE, launch.index.to_string())

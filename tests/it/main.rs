@@ -9,6 +9,8 @@ mod control;
 mod dashboard;
 mod docs;
 mod init;
+mod lisp;
+mod lisp_module;
 mod logs;
 mod observe;
 mod output;

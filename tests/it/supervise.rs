@@ -24,7 +24,7 @@ fn a_crashed_app_is_restarted_and_the_restart_counted() {
     let (_, body) = wait_for("a new pid to answer", DEADLINE, || {
         http_get(port, "/")
             .ok()
-            .filter(|(_, b)| !b.contains(&format!("pid={first_pid} ")))
+            .filter(|(c, b)| *c == 200 && !b.contains(&format!("pid={first_pid} ")))
     });
     let inst = p.instance("hello", 0);
     assert_eq!(inst["restarts"], 1, "{inst}");

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_windlass");
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub const DEADLINE: Duration = Duration::from_secs(90);
 
 /// Polls `f` until it returns `Some`, or panics with `what` at the deadline.
 pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -317,4 +317,53 @@ pub fn scrape(admin: u16) -> String {
     let (code, body) = http_get(admin, "/metrics").expect("GET /metrics");
     assert_eq!(code, 200, "{body}");
     body
+}
+
+/// One fasl cache for every Lisp test of the run, under the target directory, warmed with
+/// Hunchentoot and swank exactly once (behind a lock: concurrent compiles into one cache
+/// would race). Tests point apps at it with `XDG_CACHE_HOME`.
+pub fn lisp_cache() -> PathBuf {
+    static WARM: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lisp-fasl-cache");
+    let mut warm = WARM.lock().unwrap_or_else(|e| e.into_inner());
+    if !*warm {
+        let started = Instant::now();
+        let status = Command::new("sbcl")
+            .args([
+                "--noinform",
+                "--non-interactive",
+                "--no-sysinit",
+                "--no-userinit",
+                "--eval",
+                "(require :asdf)",
+                "--eval",
+                "(asdf:load-system :hunchentoot)",
+                "--eval",
+                "(asdf:load-system :swank)",
+            ])
+            .env("XDG_CACHE_HOME", &cache)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run sbcl to warm the cache");
+        assert!(status.success(), "warming the fasl cache failed");
+        eprintln!("fasl cache warm after {:?}", started.elapsed());
+        *warm = true;
+    }
+    cache
+}
+
+/// Copies a directory tree (the Lisp example into a test's project).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
 }

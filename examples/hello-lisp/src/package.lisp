@@ -1,0 +1,3 @@
+(defpackage :hello-lisp
+  (:use :cl)
+  (:export #:main #:*version*))

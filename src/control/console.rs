@@ -1,0 +1,124 @@
+//! `GET /v1/apps/{app}/console?instance=N&read_only=BOOL`, upgraded (`Upgrade:
+//! windlass-console`) to a raw bidirectional byte stream: the server first sends the last
+//! 64 KiB of console output, then everything the app writes; bytes from the client are typed
+//! into the app's terminal when this viewer holds the keyboard (the first viewer that asked
+//! for it; the answer's `windlass-console-role` header says `writer` or `viewer`). Closing
+//! the stream detaches; the app keeps running.
+
+use axum::extract::{Path as UrlPath, Query, Request, State as AxState};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::broadcast;
+
+use super::{Ctx, error, sup_error};
+use crate::supervisor::console::Viewer;
+
+/// The `Upgrade` protocol name.
+pub const PROTOCOL: &str = "windlass-console";
+/// Response header: `writer` (may type) or `viewer` (read-only).
+pub const ROLE_HEADER: &str = "windlass-console-role";
+
+#[derive(Debug, Deserialize)]
+pub struct ConsoleQuery {
+    #[serde(default)]
+    pub instance: u32,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+pub async fn attach(
+    AxState(ctx): AxState<Ctx>,
+    UrlPath(app): UrlPath<String>,
+    Query(q): Query<ConsoleQuery>,
+    req: Request,
+) -> Response {
+    let Some(cfg) = ctx.supervisor.config().app(&app) else {
+        return sup_error(crate::supervisor::SupervisorError::UnknownApp {
+            name: app,
+            known: ctx.supervisor.app_names(),
+        });
+    };
+    if !cfg.console {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("app `{app}` has no console"),
+            Some(format!(
+                "set console = true in [app.{app}] and restart it (the app then runs on a terminal)"
+            )),
+        );
+    }
+    let console = match ctx.supervisor.console(&app, q.instance) {
+        Ok(c) => c,
+        Err(e) => return sup_error(e),
+    };
+    let wants_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(PROTOCOL.as_bytes()));
+    if !wants_upgrade {
+        return error(
+            StatusCode::UPGRADE_REQUIRED,
+            "the console is a raw stream",
+            Some(format!(
+                "send `Connection: upgrade` and `Upgrade: {PROTOCOL}`, or use `windlass attach`"
+            )),
+        );
+    }
+    let viewer = console.attach(!q.read_only);
+    let role = if viewer.writer { "writer" } else { "viewer" };
+    let on_upgrade = hyper::upgrade::on(req);
+    let stopped = ctx.stopped.clone();
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            serve(viewer, TokioIo::new(upgraded), stopped).await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, PROTOCOL)
+        .header(ROLE_HEADER, role)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))
+        .into_response()
+}
+
+async fn serve<S>(mut viewer: Viewer, io: S, mut stopped: tokio::sync::watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let replay = std::mem::take(&mut viewer.replay);
+    if wr.write_all(&replay).await.is_err() || wr.flush().await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 4096];
+    loop {
+        tokio::select! {
+            out = viewer.output.recv() => match out {
+                Ok(data) => {
+                    if wr.write_all(&data).await.is_err() || wr.flush().await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            n = rd.read(&mut buf) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    // A failed write means no process holds the terminal (between restarts).
+                    let _ = viewer.input(&buf[..n]);
+                }
+            },
+            r = stopped.changed() => {
+                if r.is_err() || *stopped.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}

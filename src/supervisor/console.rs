@@ -1,0 +1,252 @@
+//! Consoles: apps with `console = true` run with stdin, stdout and stderr on a pseudo-terminal
+//! (the tmux part of the story: `windlass up -d`, then `windlass attach web` gets the REPL).
+//!
+//! The child starts a new session (`setsid`) and makes the PTY its controlling terminal
+//! (`TIOCSCTTY`), so Ctrl-C typed in an attached terminal reaches it as SIGINT. A new session
+//! is also a new process group led by the child, so stopping the whole group works as for
+//! other apps. Everything the app writes is captured into its log (stream `out`), kept in a
+//! 64 KiB ring replayed to each new viewer, and broadcast to attached viewers. The
+//! [`Console`] outlives restarts of its instance: viewers stay attached across them. Several
+//! viewers may watch; one at a time may type (the first that asked to).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::process::{Child, Command};
+use tokio::sync::broadcast;
+
+use super::capture::capture;
+use super::process::Launch;
+use crate::config::{AppConfig, envvars};
+use crate::logs::AppLog;
+use crate::protocol::Stream;
+
+/// How much console output is replayed to a viewer that attaches.
+pub const REPLAY: usize = 64 * 1024;
+
+/// One instance's console, shared by the instance task and the viewers.
+pub struct Console {
+    ring: Mutex<VecDeque<u8>>,
+    out: broadcast::Sender<Bytes>,
+    /// The PTY master of the running process (for input), if any.
+    input: Mutex<Option<File>>,
+    /// The viewer that may type.
+    writer: Mutex<Option<u64>>,
+    next_viewer: AtomicU64,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console").finish_non_exhaustive()
+    }
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Console {
+            ring: Mutex::new(VecDeque::new()),
+            out: broadcast::channel(1024).0,
+            input: Mutex::new(None),
+            writer: Mutex::new(None),
+            next_viewer: AtomicU64::new(1),
+        }
+    }
+}
+
+/// An attached viewer; gives up the keyboard when dropped.
+pub struct Viewer {
+    console: Arc<Console>,
+    id: u64,
+    /// True when this viewer may type.
+    pub writer: bool,
+    /// Console output from now on.
+    pub output: broadcast::Receiver<Bytes>,
+    /// The last output before attaching (up to [`REPLAY`] bytes).
+    pub replay: Vec<u8>,
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        let mut w = self
+            .console
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *w == Some(self.id) {
+            *w = None;
+        }
+    }
+}
+
+impl Viewer {
+    /// Sends keystrokes to the app (ignored for read-only viewers or with no process).
+    pub fn input(&self, data: &[u8]) -> std::io::Result<()> {
+        if !self.writer {
+            return Ok(());
+        }
+        let mut input = self.console.input.lock().unwrap_or_else(|p| p.into_inner());
+        match input.as_mut() {
+            Some(f) => f.write_all(data),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Console {
+    /// Attaches a viewer: it gets the replay and the output from now on, and the keyboard
+    /// when it wants it and nobody else has it.
+    pub fn attach(self: &Arc<Self>, want_keyboard: bool) -> Viewer {
+        let id = self.next_viewer.fetch_add(1, Ordering::Relaxed);
+        // Subscribe and snapshot under the ring's lock so no byte is missed or doubled.
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let output = self.out.subscribe();
+        let replay: Vec<u8> = ring.iter().copied().collect();
+        drop(ring);
+        let writer = want_keyboard && {
+            let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            if w.is_none() {
+                *w = Some(id);
+            }
+            *w == Some(id)
+        };
+        Viewer {
+            console: self.clone(),
+            id,
+            writer,
+            output,
+            replay,
+        }
+    }
+
+    fn record(&self, data: &[u8]) {
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.extend(data);
+        let excess = ring.len().saturating_sub(REPLAY);
+        ring.drain(..excess);
+        let _ = self.out.send(Bytes::copy_from_slice(data));
+    }
+}
+
+/// Spawns an instance of `app` on a new PTY: a new session whose controlling terminal is the
+/// PTY. Its output goes to `log` (and `tail`), the ring and the viewers.
+pub fn spawn(
+    app: &AppConfig,
+    launch: &Launch,
+    console: &Arc<Console>,
+    log: Arc<AppLog>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) -> std::io::Result<Child> {
+    let pty = nix::pty::openpty(
+        Some(&nix::pty::Winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }),
+        None,
+    )?;
+    let master: OwnedFd = pty.master;
+    let slave: OwnedFd = pty.slave;
+    set_cloexec(&master)?;
+    let argv = crate::release::argv_for(app)?;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .current_dir(&app.cwd)
+        .envs(app.env.iter().map(|(k, v)| (k, v)))
+        .env(envvars::INSTANCE, launch.index.to_string())
+        .env(envvars::APP, &app.name)
+        .env(envvars::CONSOLE, "1")
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::from(slave.try_clone()?))
+        .stdout(Stdio::from(slave.try_clone()?))
+        .stderr(Stdio::from(slave))
+        .kill_on_drop(false);
+    if let Some(port) = launch.port {
+        cmd.env(&app.port_env, port.to_string());
+    }
+    let guardian_fd = launch.guardian_fd;
+    // SAFETY: the hook only calls async-signal-safe functions (setsid, ioctl, getpid, write).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = guardian_fd {
+                super::guardian::register_from_child(fd);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    // `cmd` (and with it the parent's copies of the slave) is dropped on return, so reading
+    // the master ends (EIO) once every process of the session has closed the terminal.
+    let input = File::from(master.try_clone()?);
+    *console.input.lock().unwrap_or_else(|p| p.into_inner()) = Some(input);
+    let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
+    rx.set_nonblocking(true)?;
+    let rx = tokio::net::UnixStream::from_std(rx)?;
+    tokio::spawn(capture(rx, log, launch.index, Stream::Out, vec![tail]));
+    let console = console.clone();
+    std::thread::Builder::new()
+        .name("windlass-console".into())
+        .spawn(move || pump(File::from(master), tx, &console))?;
+    Ok(child)
+}
+
+/// Copies the PTY's output to the log capture, the ring and the viewers until the terminal
+/// closes.
+fn pump(mut master: File, mut to_log: std::os::unix::net::UnixStream, console: &Console) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match master.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                console.record(&buf[..n]);
+                // The capture task drains this as fast as it can; if it is gone, the log
+                // is closed and only viewers remain.
+                let _ = to_log.write_all(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // EIO: every slave fd is closed (the session ended).
+            Err(_) => break,
+        }
+    }
+    *console.input.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+fn set_cloexec(fd: &OwnedFd) -> std::io::Result<()> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_keeps_the_last_64k_and_one_viewer_types() {
+        let c = Arc::new(Console::default());
+        c.record(&vec![b'a'; REPLAY]);
+        c.record(b"xyz");
+        let first = c.attach(true);
+        assert_eq!(first.replay.len(), REPLAY);
+        assert!(first.replay.ends_with(b"aaxyz"));
+        assert!(first.writer);
+        let second = c.attach(true);
+        assert!(!second.writer);
+        drop(first);
+        let third = c.attach(true);
+        assert!(third.writer);
+        assert!(!c.attach(false).writer);
+    }
+}

@@ -1,0 +1,316 @@
+//! Common Lisp apps through the real `windlass` binary: config checks, running from source,
+//! `repl`, in-place reload, metrics, `build` + `release = "latest"`, and `attach`. Real SBCL
+//! and Hunchentoot on 127.0.0.1; every app shares the warm fasl cache of
+//! [`lisp_cache`], and every test works on its own copy of examples/hello-lisp.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::helper::*;
+
+/// A cold compile takes 16-60 s on 2 busy cores; warm starts take a few seconds.
+const LISP_DEADLINE: Duration = Duration::from_secs(240);
+
+/// A project holding a copy of examples/hello-lisp and a config for it.
+fn hello_lisp(port: u16, extra: &str) -> Project {
+    let p = Project::empty();
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-lisp"),
+        p.path(),
+    );
+    let cache = lisp_cache();
+    p.write(
+        "windlass.toml",
+        &format!(
+            "[app.hello]\nlisp = {{ system = \"hello-lisp\", entry = \"hello-lisp:main\" }}\n\
+             port = {port}\nenv = {{ XDG_CACHE_HOME = \"{}\" }}\n{extra}\n",
+            cache.display()
+        ),
+    );
+    p
+}
+
+/// One request on the project's control socket; (status, body).
+fn control(p: &Project, method: &str, path: &str) -> (u16, String) {
+    let mut s = UnixStream::connect(p.path().join(".windlass/control.sock")).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(300)))
+        .expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: windlass\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("read");
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    (status, body.unwrap_or_default())
+}
+
+fn wait_healthy(p: &Project, port: u16) {
+    wait_for(
+        "hello-lisp to answer /health",
+        LISP_DEADLINE,
+        || match http_get(port, "/health") {
+            Ok((200, body)) if body == "ok" => Some(()),
+            _ => {
+                let inst = p.instance("hello", 0);
+                assert!(
+                    !inst["state"]
+                        .as_str()
+                        .is_some_and(|s| s == "fatal" || s == "crashloop"),
+                    "hello failed: {inst}\n{}",
+                    p.log_lines("hello").join("\n")
+                );
+                None
+            }
+        },
+    );
+}
+
+#[test]
+fn lisp_config_errors_name_the_key_and_the_fix() {
+    for (config, expect) in [
+        (
+            "[app.a]\ncommand = \"x\"\nlisp = { system = \"s\", entry = \"s:main\" }\n",
+            "has both `command` and `lisp`",
+        ),
+        (
+            "[app.a]\nlisp = { system = \"s\", entry = \"main\" }\n",
+            "is not a function name",
+        ),
+        (
+            "[app.a]\ncommand = \"x\"\nswank_port = 4005\n",
+            "only for Common Lisp apps",
+        ),
+        (
+            "[app.a]\nlisp = { system = \"s\", entry = \"s:main\" }\nrelease = \"../x\"\n",
+            "invalid `release`",
+        ),
+        (
+            "[app.a]\nlisp = { system = \"s\", entry = \"s:main\" }\nreload_eval = \"(foo\"\n",
+            "not one readable Lisp form",
+        ),
+    ] {
+        let p = Project::new(config);
+        let o = p.run(&["check"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{config}: {err}");
+        assert!(err.contains(expect), "{config}: {err}");
+        assert!(err.contains("windlass.toml:"), "{err}");
+    }
+    let p = Project::new("[app.a]\nlisp = { system = \"s\", entry = \"s:main\" }\n");
+    let o = p.run(&["check"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_lisp_app_from_source_is_changed_live_through_swank() {
+    let port = free_port();
+    let swank = free_port();
+    let p = hello_lisp(
+        port,
+        &format!("swank_port = {swank}\nstop = {{ timeout = \"5s\" }}"),
+    );
+    let _sup = p.up(&[]);
+    wait_healthy(&p, port);
+    let pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
+    assert_eq!(http_get(port, "/version").expect("get").1, "1");
+
+    // repl --eval: the value is printed, the running image changed.
+    let o = p.run(&[
+        "repl",
+        "hello",
+        "--eval",
+        "(setf hello-lisp::*version* \"2\")",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "\"2\"");
+    assert_eq!(http_get(port, "/version").expect("get").1, "2");
+    // A Lisp error: exit 1 and the condition.
+    let o = p.run(&["repl", "hello", "--eval", "(error \"boom ~a\" 42)"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("boom 42"));
+    // Forms on stdin, one of them on two lines.
+    let mut child = p
+        .cmd(&["repl", "hello"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn repl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"(+ 1 2)\n(list 4\n 5)\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("repl output");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3\n(4 5)\n");
+
+    // The status API has the image's metrics.
+    let (code, body) = control(&p, "GET", "/v1/apps/hello");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let m = &v["instances"][0]["lisp"];
+    assert!(m["dynamic_usage_bytes"].as_u64().expect("usage") > 0, "{v}");
+    assert!(m["threads"].as_u64().expect("threads") >= 2, "{v}");
+
+    // In-place reload picks up an edit, in the same process.
+    let src = p.path().join("src/app.lisp");
+    let text = std::fs::read_to_string(&src).expect("read");
+    let edited = text.replace("(princ-to-string *version*)", "\"3-reloaded\"");
+    assert_ne!(text, edited);
+    std::fs::write(&src, &edited).expect("write");
+    let (code, body) = control(&p, "POST", "/v1/apps/hello/reload-in-place");
+    assert_eq!(code, 200, "{body}");
+    let r: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(http_get(port, "/version").expect("get").1, "3-reloaded");
+    assert_eq!(p.instance("hello", 0)["pid"].as_i64(), Some(pid));
+
+    // A compile error is reported, and the old code keeps serving.
+    std::fs::write(
+        &src,
+        format!("{edited}\n(defun broken (x) (let ((y x)) y)\n"),
+    )
+    .expect("write");
+    let (code, body) = control(&p, "POST", "/v1/apps/hello/reload-in-place");
+    assert_eq!(code, 200, "{body}");
+    let r: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(r["ok"], false, "{r}");
+    let inst = &r["instances"][0];
+    assert!(inst["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    assert!(
+        !inst["log_lines"].as_array().expect("lines").is_empty()
+            || !inst["diagnostics"].as_str().unwrap_or("").is_empty(),
+        "{r}"
+    );
+    assert_eq!(http_get(port, "/version").expect("get").1, "3-reloaded");
+    assert_eq!(p.instance("hello", 0)["pid"].as_i64(), Some(pid));
+}
+
+#[test]
+fn a_built_release_runs_without_the_sources() {
+    let port = free_port();
+    let p = hello_lisp(port, "release = \"latest\"");
+    // No release yet: the instance cannot start, and says why.
+    let o = p.run(&["build"]);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("built hello release"), "{out}");
+    let o = p.run(&["releases", "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let rel = &v["releases"][0];
+    assert_eq!(rel["app"], "hello", "{v}");
+    assert_eq!(rel["selected"], true, "{v}");
+    assert_eq!(rel["assets"][0], "static", "{v}");
+    let dir = std::path::PathBuf::from(rel["path"].as_str().expect("path"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("release.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(manifest["id"], rel["id"]);
+
+    // The sources go away: the release does not need them.
+    std::fs::remove_dir_all(p.path().join("src")).expect("rm src");
+    std::fs::remove_file(p.path().join("hello-lisp.asd")).expect("rm asd");
+    let _sup = p.up(&[]);
+    wait_healthy(&p, port);
+    let (code, css) = http_get(port, "/static/style.css").expect("css");
+    assert_eq!(code, 200);
+    assert!(css.contains('{'), "{css}");
+    let pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
+    assert!(
+        exe.starts_with(&dir),
+        "{} not in {}",
+        exe.display(),
+        dir.display()
+    );
+}
+
+/// Reads what the PTY master has until `needle` shows up after `from`.
+fn read_until(
+    master: &mut std::fs::File,
+    seen: &mut String,
+    from: usize,
+    needle: &str,
+) -> Option<()> {
+    let mut buf = [0u8; 4096];
+    match master.read(&mut buf) {
+        Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        _ => {}
+    }
+    seen[from.min(seen.len())..].contains(needle).then_some(())
+}
+
+#[test]
+fn attach_reaches_the_lisp_repl_and_detaches_with_ctrl_bracket() {
+    use std::os::fd::AsRawFd;
+    let port = free_port();
+    let p = hello_lisp(port, "");
+    let _sup = p.up(&[]);
+    wait_healthy(&p, port);
+    let pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
+
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let mut master = std::fs::File::from(pty.master);
+    // Non-blocking reads so every wait has a deadline.
+    // SAFETY: plain fcntl on an fd this test owns.
+    unsafe {
+        let fd = master.as_raw_fd();
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        );
+    }
+    let slave = pty.slave;
+    let mut child = p
+        .cmd(&["attach", "hello"])
+        .stdin(std::process::Stdio::from(slave.try_clone().expect("dup")))
+        .stdout(std::process::Stdio::from(slave.try_clone().expect("dup")))
+        .stderr(std::process::Stdio::from(slave))
+        .spawn()
+        .expect("spawn attach");
+    let mut seen = String::new();
+    wait_for("the attach banner", DEADLINE, || {
+        read_until(&mut master, &mut seen, 0, "detach with Ctrl-]")
+    });
+    let from = seen.len();
+    master.write_all(b"(+ 1 2)\r").expect("type");
+    wait_for("the REPL's answer", DEADLINE, || {
+        read_until(&mut master, &mut seen, from, "\n3")
+    });
+    let from = seen.len();
+    master
+        .write_all(b"(length (hunchentoot:acceptor-address hello-lisp::*acceptor*))\r")
+        .expect("type");
+    wait_for("the REPL to see the app", DEADLINE, || {
+        read_until(&mut master, &mut seen, from, "\n9")
+    });
+    master.write_all(&[0x1d]).expect("Ctrl-]");
+    let status = wait_for("attach to exit", DEADLINE, || {
+        let _ = read_until(&mut master, &mut seen, 0, "");
+        child.try_wait().expect("try_wait")
+    });
+    assert_eq!(status.code(), Some(0), "{seen}");
+    assert!(seen.contains("detached"), "{seen}");
+    // The app is still there, same process, and serving.
+    assert_eq!(http_get(port, "/health").expect("get").1, "ok");
+    assert_eq!(p.instance("hello", 0)["pid"].as_i64(), Some(pid));
+    // The console's output is in the app's log, as stream `out`.
+    let log = p.log_lines("hello").join("\n");
+    assert!(log.contains("out hello-lisp 1 listening"), "{log}");
+}
