@@ -65,8 +65,8 @@ wait_gone() { # PID [timeout_s]
   return 1
 }
 forget() { local p=$1 keep=() i; for i in "${STARTED[@]}"; do [ "$i" = "$p" ] || keep+=("$i"); done; STARTED=("${keep[@]}"); }
-stop_pid() { # PID: SIGTERM, SIGKILL after 10 s
-  kill -0 "$1" 2>/dev/null && { kill -TERM "$1" 2>/dev/null; wait_gone "$1" 10 || kill -KILL "$1" 2>/dev/null; }
+stop_pid() { # PID [TIMEOUT_S]: SIGTERM, SIGKILL after TIMEOUT_S (10)
+  kill -0 "$1" 2>/dev/null && { kill -TERM "$1" 2>/dev/null; wait_gone "$1" "${2:-10}" || kill -KILL "$1" 2>/dev/null; }
   wait "$1" 2>/dev/null; forget "$1"
 }
 pm2_down() {
@@ -172,12 +172,17 @@ EOF
     ;;
   esac
 }
-sup_stop() { # KIND
+sup_stop() { # KIND; then SIGKILL any app the supervisor left behind (by pid, if still our app)
+  local apps p
+  apps=$($B children "$SUP_PID" | awk '$2 != "windlass-guard" { print $1 }')
   case $1 in
   windlass) wl_down "$SUP_DIR" ;;
   pm2) pm2_down ;;
-  supervisord) stop_pid "$SUP_PID" ;;
+  supervisord) stop_pid "$SUP_PID" 90 ;;   # it stops 50 apps one by one (~0.3 s each)
   esac
+  for p in $apps; do
+    if grep -qF "$APP" "/proc/$p/cmdline" 2>/dev/null; then log "$1 left app pid $p behind; killing it"; kill -KILL "$p" 2>/dev/null; fi
+  done
 }
 mem_rec() { # KIND SCEN
   local r s
