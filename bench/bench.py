@@ -283,7 +283,7 @@ def summary(tsv):
         lines = g("log", sc, "lines")
         fcell = ("%d/%d" % (min(found), max(lines))) if found and lines else ""
         ocell = ("yes" if order and min(order) == 1 else ("no" if order else ""))
-        print("| %s | %s | %s | %s | %s | %s |" % (label, cell(vs, "%.3f"), cell(mbs, "%.0f") if mbs else "",
+        print("| %s | %s | %s | %s | %s | %s |" % (label, cell(vs, "%.4f"), cell(mbs, "%.0f") if mbs else "",
                                                  ratio(med(vs), base) if sc != "file" else "1×", fcell, ocell))
 
 
