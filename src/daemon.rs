@@ -84,11 +84,15 @@ impl DaemonError {
             DaemonError::Bind { addr, source, .. }
                 if source.kind() == std::io::ErrorKind::AddrInUse =>
             {
-                Some(format!(
-                    "another process holds port {}; find it with `ss -ltnp 'sport = :{}'`, or change `port` in the config",
-                    addr.port(),
-                    addr.port()
-                ))
+                let port = addr.port();
+                Some(match crate::ports::who_holds_port(port) {
+                    Some((pid, cmd)) => format!(
+                        "another process holds port {port}: pid {pid} ({cmd}); stop it, or change `port` in the config"
+                    ),
+                    None => format!(
+                        "another process holds port {port}; find it with `ss -ltnp 'sport = :{port}'`, or change `port` in the config"
+                    ),
+                })
             }
             DaemonError::Bind { .. } => Some("check `port` and `bind` in the config".into()),
             DaemonError::Admin(e) => Some(e.hint()),
@@ -149,24 +153,8 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let paths = Paths::of(&config);
     let _lock = lock(&paths)?;
-    let pid_file = paths.pid_file();
-    write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
-        .map_err(io_err(&pid_file))?;
-    let socket = paths.socket();
-    let listener = control::bind(&socket).map_err(io_err(&socket))?;
-    let admin_cfg = config.admin.clone();
-    let admin_listener = match admin_cfg.listen {
-        Some(addr) => Some(admin::bind(addr).await?),
-        None => None,
-    };
-
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(io_err(Path::new("signal handler")))?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(io_err(Path::new("signal handler")))?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(io_err(Path::new("signal handler")))?;
-
-    // Public ports are bound before any app starts, and stay bound across restarts and reloads.
+    // Public ports are bound first (before the control socket announces a running supervisor,
+    // and before any app starts), and stay bound across restarts and reloads.
     let mut listeners = Vec::new();
     for app in config.apps.iter() {
         if let Some(port) = app.port {
@@ -181,6 +169,23 @@ pub async fn run(
             listeners.push((app.name.clone(), l));
         }
     }
+    let admin_cfg = config.admin.clone();
+    let admin_listener = match admin_cfg.listen {
+        Some(addr) => Some(admin::bind(addr).await?),
+        None => None,
+    };
+    let pid_file = paths.pid_file();
+    write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
+        .map_err(io_err(&pid_file))?;
+    let socket = paths.socket();
+    let listener = control::bind(&socket).map_err(io_err(&socket))?;
+
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(io_err(Path::new("signal handler")))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(io_err(Path::new("signal handler")))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(io_err(Path::new("signal handler")))?;
+
     let watched: Vec<(String, Vec<String>)> = config
         .apps
         .iter()

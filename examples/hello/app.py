@@ -6,6 +6,7 @@ Python's standard library only. Listens on 127.0.0.1:$PORT (HTTP/1.1, threaded):
   /health    200 "ok"
   /crash     exits with status 3 right away (to watch windlass restart it)
   /slow?ms=N answers after N milliseconds (for drain tests)
+  /hold?until=PATH answers once the file PATH exists (at most 120 s; for deterministic tests)
 Environment: PORT (default 8080), INSTANCE, VERSION (default "1"), HELLO_BIND (default 127.0.0.1).
 It has no graceful-shutdown code on purpose: SIGTERM kills it at once.
 """
@@ -32,6 +33,12 @@ class Handler(BaseHTTPRequestHandler):
             ms = int(parse_qs(url.query).get("ms", ["1000"])[0])
             time.sleep(ms / 1000)
             self.reply(200, f"slow {ms}ms version={VERSION} pid={os.getpid()}\n")
+        elif url.path == "/hold":
+            path = parse_qs(url.query).get("until", [""])[0]
+            deadline = time.monotonic() + 120
+            while path and not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.reply(200, f"held version={VERSION} pid={os.getpid()}\n")
         elif url.path == "/":
             self.reply(200, f"hello from pid={os.getpid()} instance={os.environ.get('INSTANCE', '?')} version={VERSION}\n")
         else:

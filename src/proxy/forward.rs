@@ -5,8 +5,12 @@
 //! (or the same one after a short wait) without having touched the body; a pooled
 //! connection that died before the request was written gives the request back
 //! (`try_send_request`) and the request goes out on a fresh connection. Once bytes have
-//! been written the request is never retried. The response timeout starts when the
-//! request body has been sent in full, so slow uploads are not cut off.
+//! been written the request is retried only in one case: an idempotent request with no
+//! body whose connection broke before any response came (the app was just killed: even a
+//! fresh connection can be accepted by its dying socket and then reset; or it closed an
+//! idle keep-alive connection as we wrote), as nginx does by default (RFC 9110 §9.2.2),
+//! at most [`MAX_REPLAYS`] times. The response timeout starts when the request body has been sent in
+//! full, so slow uploads are not cut off.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +33,10 @@ use crate::proxy::tunnel;
 
 /// How many times a request given back unsent is re-sent before giving up.
 const MAX_UNSENT_RETRIES: u32 = 3;
+
+/// How many times an idempotent request with no body is sent again after its connection
+/// broke before a response.
+const MAX_REPLAYS: u32 = 3;
 
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
@@ -123,6 +131,7 @@ async fn exchange(
     let mut tried: Vec<BackendId> = Vec::new();
     let mut last_connect_error: Option<ProxyError> = None;
     let mut unsent = 0;
+    let mut replays = 0;
     loop {
         let Some(guard) = hold.pick(&shared.router, &mut tried).await else {
             // Connect errors were counted as they happened.
@@ -151,6 +160,16 @@ async fn exchange(
         if upgrade {
             conn.spawn_with_upgrades();
         }
+        // What it takes to send the request again, kept only where a replay is allowed.
+        let replay = (replays < MAX_REPLAYS && body_end.is_none() && idempotent(req.method()))
+            .then(|| {
+                (
+                    req.method().clone(),
+                    req.uri().clone(),
+                    req.version(),
+                    req.headers().clone(),
+                )
+            });
         match send(&mut conn, req, &mut body_end, cfg.response_timeout, addr).await {
             Ok(response) => {
                 return Ok(Exchange {
@@ -173,10 +192,36 @@ async fn exchange(
                 if let Some(cause) = e.upstream_cause() {
                     shared.metrics.upstream_error(cause);
                 }
-                return Err(e);
+                match (e, replay) {
+                    (ProxyError::Upstream { .. }, Some((method, uri, version, headers))) => {
+                        tracing::debug!(app = %shared.app, backend = %backend.id, "connection broke before a response; sending again on a fresh one");
+                        replays += 1;
+                        unsent += 1; // forces a fresh connection
+                        let mut again = Request::new(RequestBody::empty());
+                        *again.method_mut() = method;
+                        *again.uri_mut() = uri;
+                        *again.version_mut() = version;
+                        *again.headers_mut() = headers;
+                        req = again;
+                    }
+                    (e, _) => return Err(e),
+                }
             }
         }
     }
+}
+
+/// Methods a client may safely have sent twice (RFC 9110 §9.2.2).
+fn idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
 }
 
 /// An idle pooled connection (unless `fresh`), or a new one.

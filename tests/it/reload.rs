@@ -150,7 +150,7 @@ fn a_failing_new_version_keeps_the_old_one_serving() {
         p.path().join("windlass.toml"),
         format!(
             "[app.hello]\ncommand = [\"python3\", \"{}\"]\nport = {port}\nenv = {{ VERSION = \"2\" }}\n\
-             health = {{ path = \"/missing\", start_timeout = \"2s\" }}\n",
+             health = {{ path = \"/missing\", start_timeout = \"20s\" }}\n",
             hello_app().display()
         ),
     )
@@ -183,14 +183,38 @@ fn a_slow_request_in_flight_finishes_during_the_drain() {
     wait_for("hello behind the proxy", DEADLINE, || {
         http_get(port, "/").ok().filter(|(c, _)| *c == 200)
     });
-    let slow = std::thread::spawn(move || http_get(port, "/slow?ms=2500"));
+    // The request is answered only once the test creates `release`: no timing involved.
+    let release = p.path().join("release");
+    let path = format!("/hold?until={}", release.display());
+    let slow = std::thread::spawn(move || http_get(port, &path));
     wait_for(
         "the slow request in flight through the proxy",
         DEADLINE,
         || (p.status()["apps"][0]["proxy"]["in_flight"] == 1).then_some(()),
     );
     set_version(&p, port, "2", "");
-    let o = p.run(&["reload", "hello"]);
+    let dir = p.path().to_path_buf();
+    let reload = std::thread::spawn(move || {
+        std::process::Command::new(BIN)
+            .args(["reload", "hello"])
+            .current_dir(dir)
+            .output()
+    });
+    wait_for(
+        "the switch, with the old instance draining",
+        DEADLINE,
+        || {
+            p.log_lines("hello")
+                .iter()
+                .any(|l| l.contains("traffic switched from pid") && l.contains("draining it"))
+                .then_some(())
+        },
+    );
+    // New requests already go to the new version while the old one drains.
+    let (_, body) = http_get(port, "/").expect("during the drain");
+    assert!(body.contains("version=2"), "{body}");
+    std::fs::write(&release, "").expect("release the slow request");
+    let o = reload.join().expect("thread").expect("reload");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),
@@ -198,7 +222,7 @@ fn a_slow_request_in_flight_finishes_during_the_drain() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(
-        out.contains("1 request(s) in flight"),
+        out.contains("1 request(s) in flight") && !out.contains("deadline"),
         "the drain waited for the slow request: {out}"
     );
     let (code, body) = slow.join().expect("thread").expect("slow request");
@@ -257,4 +281,36 @@ fn the_public_port_in_use_is_reported_clearly() {
         "{err}"
     );
     assert!(err.contains("another process holds port"), "{err}");
+    // The holder is this test process, found through /proc.
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+}
+
+#[test]
+fn requests_right_after_a_crash_wait_for_the_new_instance() {
+    let port = free_port();
+    let p = Project::new(&config(port, "1", ""));
+    let _sup = p.up(&[]);
+    // Warm keep-alive connections into the proxy's pool.
+    let mut ka = KeepAlive { port, stream: None };
+    for _ in 0..5 {
+        assert_eq!(ka.get("/").expect("warm").0, 200);
+    }
+    let pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
+    // SAFETY: plain kill(2) of the app's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    // Sent before windlass even noticed: pooled connections to the dead process break, the
+    // proxy sends these idempotent requests again and holds them until the new one is ready.
+    let handles: Vec<_> = (0..5)
+        .map(|_| std::thread::spawn(move || http_get(port, "/")))
+        .collect();
+    let mut seen = vec![ka.get("/")];
+    seen.extend(handles.into_iter().map(|h| h.join().expect("thread")));
+    for r in seen {
+        let (code, body) = r.expect("request");
+        assert_eq!(code, 200, "{body}");
+        assert!(!body.contains(&format!("pid={pid} ")), "{body}");
+    }
 }
