@@ -314,3 +314,30 @@ fn requests_right_after_a_crash_wait_for_the_new_instance() {
         assert!(!body.contains(&format!("pid={pid} ")), "{body}");
     }
 }
+
+#[test]
+fn a_watched_file_change_reloads_the_app() {
+    let port = free_port();
+    let p = Project::new(&config(port, "1", "watch = [\"conf/*.txt\"]"));
+    p.write("conf/a.txt", "1");
+    let _sup = p.up(&[]);
+    wait_for("hello behind the proxy", DEADLINE, || {
+        http_get(port, "/").ok().filter(|(c, _)| *c == 200)
+    });
+    let pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
+    // A file outside the globs changes nothing; one inside reloads the app (blue-green).
+    p.write("other.txt", "x");
+    p.write("conf/a.txt", "2");
+    wait_for("the watch to reload the app", DEADLINE, || {
+        let i = p.instance("hello", 0);
+        (i["reloads"] == 1 && i["pid"].as_i64() != Some(pid)).then_some(())
+    });
+    let lines = p.log_lines("hello");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("reload requested (blue-green)")),
+        "{lines:?}"
+    );
+    assert_eq!(http_get(port, "/").expect("after").0, 200);
+}
