@@ -112,6 +112,11 @@ async fn check(addr: SocketAddr, uri: Option<Uri>) -> Result<(), HealthError> {
     }
 }
 
+/// How long after a start [`HealthCheck::wait_healthy`] polls at `initial_interval`.
+const FAST_POLLING: Duration = Duration::from_secs(2);
+/// Its polling period after that.
+const SLOW_POLL: Duration = Duration::from_millis(50);
+
 /// The failure that ended [`HealthCheck::wait_healthy`].
 #[derive(Debug, thiserror::Error)]
 #[error("not healthy within {}ms", after.as_millis())]
@@ -130,7 +135,8 @@ pub struct HealthCheck {
     pub path: Option<String>,
     /// Deadline of each check (default 2 s).
     pub timeout: Duration,
-    /// Polling period until the first success (default 20 ms).
+    /// Polling period until the first success for the first 2 s (default 5 ms; then at
+    /// least 50 ms).
     pub initial_interval: Duration,
     /// Period of checks once healthy (default 1 s).
     pub interval: Duration,
@@ -145,7 +151,7 @@ impl HealthCheck {
             addr,
             path,
             timeout: Duration::from_secs(2),
-            initial_interval: Duration::from_millis(20),
+            initial_interval: Duration::from_millis(5),
             interval: Duration::from_secs(1),
             unhealthy_threshold: 3,
         }
@@ -177,7 +183,14 @@ impl HealthCheck {
                 }
                 Err(e) => e,
             };
-            let next = attempt + self.initial_interval;
+            // Fast polling while a quick start is likely; a slow starter (a Lisp image
+            // compiling for a minute) is polled more gently.
+            let period = if start.elapsed() < FAST_POLLING {
+                self.initial_interval
+            } else {
+                self.initial_interval.max(SLOW_POLL)
+            };
+            let next = attempt + period;
             if next >= deadline {
                 return Err(StartError {
                     after: start.elapsed(),
