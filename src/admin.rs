@@ -51,42 +51,11 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AdminErro
         .map_err(|source| AdminError {
             addr,
             holder: (source.kind() == std::io::ErrorKind::AddrInUse)
-                .then(|| port_holder(addr.port()))
-                .flatten(),
+                .then(|| crate::ports::who_holds_port(addr.port()))
+                .flatten()
+                .map(|(pid, cmd)| format!("pid {pid} ({cmd})")),
             source,
         })
-}
-
-/// "pid 123 (name)" of a process listening on TCP `port`, read from /proc (only processes
-/// whose fds we may read are found).
-pub fn port_holder(port: u16) -> Option<String> {
-    use procfs::net::TcpState;
-    let mut inodes: Vec<u64> = Vec::new();
-    for table in [procfs::net::tcp(), procfs::net::tcp6()]
-        .into_iter()
-        .flatten()
-    {
-        inodes.extend(
-            table
-                .iter()
-                .filter(|e| e.state == TcpState::Listen && e.local_address.port() == port)
-                .map(|e| e.inode),
-        );
-    }
-    if inodes.is_empty() {
-        return None;
-    }
-    for p in procfs::process::all_processes().ok()?.flatten() {
-        let Ok(fds) = p.fd() else { continue };
-        let holds = fds.flatten().any(
-            |fd| matches!(fd.target, procfs::process::FDTarget::Socket(i) if inodes.contains(&i)),
-        );
-        if holds {
-            let name = p.stat().map(|s| s.comm).unwrap_or_else(|_| "?".into());
-            return Some(format!("pid {} ({name})", p.pid));
-        }
-    }
-    None
 }
 
 /// Everything the admin routes need.

@@ -148,7 +148,7 @@ pub type OnStarted = Box<dyn FnOnce(&Supervisor) + Send>;
 /// Runs the supervisor until a signal or `windlass down`; returns once every app is gone.
 pub async fn run(
     config: Config,
-    opts: Options,
+    mut opts: Options,
     on_started: Option<OnStarted>,
 ) -> Result<(), DaemonError> {
     let paths = Paths::of(&config);
@@ -171,9 +171,20 @@ pub async fn run(
     }
     let admin_cfg = config.admin.clone();
     let admin_listener = match admin_cfg.listen {
-        Some(addr) => Some(admin::bind(addr).await?),
+        Some(addr) => Some(match admin::bind(addr).await {
+            Ok(l) => l,
+            // Only the default address falls back: one the user wrote must be honoured.
+            Err(e) if !admin_cfg.explicit && e.source.kind() == std::io::ErrorKind::AddrInUse => {
+                let fallback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                let l = admin::bind(fallback).await?;
+                tracing::warn!(taken = %addr, "admin listener: the default port is taken (another windlass?); using a free port; `windlass status` shows it");
+                l
+            }
+            Err(e) => return Err(e.into()),
+        }),
         None => None,
     };
+    opts.admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let pid_file = paths.pid_file();
     write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
         .map_err(io_err(&pid_file))?;

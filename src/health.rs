@@ -46,8 +46,11 @@ pub enum HealthError {
     InvalidPath { path: String },
 }
 
-/// One health check of the instance at `addr`, bounded by `timeout`: `GET path`
-/// (2xx and 3xx pass) when a path is given, else a TCP connect.
+/// One health check of the instance at `addr`, bounded by `timeout`: `GET path` (2xx and
+/// 3xx pass) when a path is given; else `GET /`, where any HTTP answer passes. A bare TCP
+/// connect is not enough for an app behind the HTTP proxy: a listening socket is not yet a
+/// server that answers (Node, for one, builds its HTTP machinery on the first request, and
+/// the first client would pay for it).
 pub async fn probe(
     addr: SocketAddr,
     path: Option<&str>,
@@ -80,9 +83,8 @@ async fn check(addr: SocketAddr, uri: Option<Uri>) -> Result<(), HealthError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|source| HealthError::Connect { addr, source })?;
-    let Some(uri) = uri else {
-        return Ok(());
-    };
+    let any_answer = uri.is_none();
+    let uri = uri.unwrap_or_else(|| Uri::from_static("/"));
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%addr, error = %e, "cannot set TCP_NODELAY on health check connection");
     }
@@ -105,7 +107,7 @@ async fn check(addr: SocketAddr, uri: Option<Uri>) -> Result<(), HealthError> {
         .expect("a GET with a parsed URI and constant headers is valid");
     let response = tx.send_request(req).await.map_err(http)?;
     let status = response.status();
-    if status.is_success() || status.is_redirection() {
+    if any_answer || status.is_success() || status.is_redirection() {
         Ok(())
     } else {
         Err(HealthError::Status { addr, path, status })
@@ -258,9 +260,18 @@ mod tests {
     const T: Duration = Duration::from_secs(5);
 
     #[tokio::test]
-    async fn tcp_probe_passes_on_a_listening_port() {
-        let addr = answering("200 OK").await;
-        probe(addr, None, T).await.expect("listening");
+    async fn without_a_path_any_http_answer_passes_but_a_silent_socket_does_not() {
+        for status in ["200 OK", "404 Not Found", "500 Internal Server Error"] {
+            let addr = answering(status).await;
+            probe(addr, None, T).await.expect(status);
+        }
+        // Listening, accepting, but never answering: not a server yet.
+        let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = silent.local_addr().expect("addr");
+        let e = probe(addr, None, Duration::from_millis(300))
+            .await
+            .expect_err("silent");
+        assert!(matches!(e, HealthError::Timeout { .. }), "{e:?}");
     }
 
     #[tokio::test]

@@ -26,6 +26,9 @@ pub struct SupervisorInfo {
     pub started_at: f64,
     pub config: String,
     pub windlass_version: String,
+    /// Where the dashboard and `/metrics` are served (`None` when the admin listener is off).
+    #[serde(default)]
+    pub admin_url: Option<String>,
     /// Resident memory of the supervisor process, bytes.
     pub memory_bytes: u64,
 }

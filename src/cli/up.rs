@@ -64,6 +64,7 @@ pub async fn run(args: Args, guardian: Option<Guardian>) -> Result {
     let opts = Options {
         only: args.apps.clone(),
         guardian,
+        admin: None,
     };
     daemon::run(config, opts, printer).await?;
     Ok(exit::OK)
@@ -75,6 +76,19 @@ pub async fn run(args: Args, guardian: Option<Guardian>) -> Result {
 fn spawn_printer(sup: &Supervisor) {
     let mut rx = sup.subscribe_logs();
     let color = output::color_stdout();
+    let names = sup.app_names().join(", ");
+    let dashboard = sup
+        .admin_url()
+        .map(|u| format!("; dashboard {u}dashboard, metrics {u}metrics"))
+        .unwrap_or_default();
+    println!(
+        "{}",
+        paint(
+            color,
+            output::DIM,
+            &format!("windlass: supervising {names}{dashboard}; Ctrl-C stops")
+        )
+    );
     let width = sup
         .config()
         .apps

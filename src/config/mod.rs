@@ -270,6 +270,9 @@ pub struct AdminConfig {
     /// Where `/metrics`, `/dashboard` and `/api` are served; `None` when `listen = "off"`.
     pub listen: Option<SocketAddr>,
     pub token: Option<String>,
+    /// True when `listen` was written in the config. The default address may be taken (by
+    /// another project's windlass on the same host): then a free loopback port is used.
+    pub explicit: bool,
 }
 
 impl fmt::Debug for AdminConfig {
@@ -286,6 +289,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9180))),
             token: None,
+            explicit: false,
         }
     }
 }

@@ -647,7 +647,11 @@ fn resolve_admin(cx: &mut Ctx<'_>, raw: Option<&super::raw::RawAdmin>) -> AdminC
             }
         },
     };
-    AdminConfig { listen, token }
+    AdminConfig {
+        listen,
+        token,
+        explicit: raw.listen.is_some(),
+    }
 }
 
 /// Rewrites serde's messages into ours and adds a did-you-mean from the names serde lists.

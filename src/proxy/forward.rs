@@ -6,10 +6,11 @@
 //! connection that died before the request was written gives the request back
 //! (`try_send_request`) and the request goes out on a fresh connection. Once bytes have
 //! been written the request is retried only in one case: an idempotent request with no
-//! body whose connection broke before any response came (the app was just killed: even a
-//! fresh connection can be accepted by its dying socket and then reset; or it closed an
-//! idle keep-alive connection as we wrote), as nginx does by default (RFC 9110 §9.2.2),
-//! at most [`MAX_REPLAYS`] times. The response timeout starts when the request body has been sent in
+//! body whose connection was *reset* before any response came, which means the app never
+//! read it (it was just killed: even a fresh connection can be accepted by its dying
+//! socket and then reset; or it had closed an idle keep-alive connection), at most
+//! [`MAX_REPLAYS`] times (RFC 9110 §9.2.2). A request the app read before closing the
+//! connection is never replayed: it may be what crashed it. The response timeout starts when the request body has been sent in
 //! full, so slow uploads are not cut off.
 
 use std::sync::Arc;
@@ -193,7 +194,10 @@ async fn exchange(
                     shared.metrics.upstream_error(cause);
                 }
                 match (e, replay) {
-                    (ProxyError::Upstream { .. }, Some((method, uri, version, headers))) => {
+                    (
+                        ProxyError::Upstream { source, .. },
+                        Some((method, uri, version, headers)),
+                    ) if never_read(&source) => {
                         tracing::debug!(app = %shared.app, backend = %backend.id, "connection broke before a response; sending again on a fresh one");
                         replays += 1;
                         unsent += 1; // forces a fresh connection
@@ -209,6 +213,25 @@ async fn exchange(
             }
         }
     }
+}
+
+/// True when the connection was reset or the write hit a closed socket: the kernel answers
+/// so when the app never read the request (it was killed, or had closed the idle
+/// connection), so sending it again cannot repeat its effect. A clean close is different:
+/// the app read the request and then died or hung up, so replaying it could crash the next
+/// instance too (a "query of death"); that request fails with a 502.
+fn never_read(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Methods a client may safely have sent twice (RFC 9110 §9.2.2).

@@ -73,6 +73,8 @@ pub struct Options {
     /// Start only these apps (all when empty); the others are known but stopped.
     pub only: Vec<String>,
     pub guardian: Option<Guardian>,
+    /// Where the admin listener (metrics, dashboard) was bound, for `status`.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Cheap to clone; every clone drives the same supervisor.
@@ -90,6 +92,7 @@ struct Shared {
     guardian: Option<Arc<Guardian>>,
     started_at: f64,
     pid: u32,
+    admin: Option<std::net::SocketAddr>,
 }
 
 struct AppRuntime {
@@ -217,6 +220,7 @@ impl Supervisor {
                 guardian,
                 started_at: unix_now(),
                 pid: std::process::id(),
+                admin: opts.admin,
             }),
         })
     }
@@ -445,6 +449,7 @@ impl Supervisor {
                 started_at: self.shared.started_at,
                 config: self.shared.config.file.display().to_string(),
                 windlass_version: env!("CARGO_PKG_VERSION").to_owned(),
+                admin_url: self.admin_url(),
                 memory_bytes: procfs::process::Process::myself()
                     .and_then(|p| p.stat())
                     .map_or(0, |s| s.rss * procfs::page_size()),
@@ -527,6 +532,11 @@ impl Supervisor {
                 name: format!("{app} (instance {index})"),
                 known: self.app_names(),
             })
+    }
+
+    /// The admin listener's base URL, when it runs.
+    pub fn admin_url(&self) -> Option<String> {
+        self.shared.admin.map(|a| format!("http://{a}/"))
     }
 
     /// The pid of the guardian process, if any.

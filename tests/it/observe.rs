@@ -322,3 +322,37 @@ fn top_prints_frames_without_a_terminal() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(out.matches("windlass top").count(), 2, "{out}");
 }
+
+#[test]
+fn two_projects_with_the_default_admin_address_both_run() {
+    // Neither config says where the admin listener goes: the second project on the host
+    // must not fail because the first holds the default port.
+    let projects: Vec<Project> = (0..2).map(|_| Project::empty()).collect();
+    let mut sups = Vec::new();
+    for p in &projects {
+        p.write(
+            "windlass.toml",
+            "[app.idle]\ncommand = [\"sleep\", \"1000\"]\n",
+        );
+        sups.push(p.up(&[]));
+    }
+    let urls: Vec<String> = projects
+        .iter()
+        .map(|p| {
+            p.status()["supervisor"]["admin_url"]
+                .as_str()
+                .expect("admin_url")
+                .to_owned()
+        })
+        .collect();
+    assert_ne!(urls[0], urls[1]);
+    for u in &urls {
+        let port: u16 = u
+            .trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in url");
+        assert!(scrape(port).contains("windlass_instance_up{app=\"idle\",index=\"0\"} 1"));
+    }
+}

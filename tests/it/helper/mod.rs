@@ -46,7 +46,7 @@ pub fn hello_app() -> PathBuf {
 /// One HTTP/1.1 GET with `Connection: close`; returns (status, body).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
@@ -364,6 +364,31 @@ pub fn copy_tree(from: &Path, to: &Path) {
             copy_tree(&entry.path(), &target);
         } else {
             std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A detached supervisor (`up -d`) outlives the test that started it: whatever happens in
+/// the test (a failed assert included), stop the one left in this project, so no daemon
+/// keeps running (and respawning apps) after its temp directory is gone.
+impl Drop for Project {
+    fn drop(&mut self) {
+        let pid_file = self.path().join(".windlass/windlass.pid");
+        let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        // SAFETY: plain kill(2); the pid is the project's own supervisor.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(20);
+        while alive(pid) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive(pid) {
+            // SAFETY: as above; its guardian then kills the apps.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }
