@@ -13,8 +13,14 @@ use crate::helper::*;
 /// A cold compile takes 16-60 s on 2 busy cores; warm starts take a few seconds.
 const LISP_DEADLINE: Duration = Duration::from_secs(240);
 
-/// A project holding a copy of examples/hello-lisp and a config for it.
+/// A project holding a copy of examples/hello-lisp and a config for it (the admin listener
+/// on a free port unless `extra` has an `[admin]` table, so parallel tests never share 9180).
 fn hello_lisp(port: u16, extra: &str) -> Project {
+    let admin = if extra.contains("[admin]") {
+        ""
+    } else {
+        "\n[admin]\nlisten = \"127.0.0.1:0\""
+    };
     let p = Project::empty();
     copy_tree(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-lisp"),
@@ -25,7 +31,7 @@ fn hello_lisp(port: u16, extra: &str) -> Project {
         "windlass.toml",
         &format!(
             "[app.hello]\nlisp = {{ system = \"hello-lisp\", entry = \"hello-lisp:main\" }}\n\
-             port = {port}\nenv = {{ XDG_CACHE_HOME = \"{}\" }}\n{extra}\n",
+             port = {port}\nenv = {{ XDG_CACHE_HOME = \"{}\" }}\n{extra}{admin}\n",
             cache.display()
         ),
     );
@@ -114,9 +120,13 @@ fn lisp_config_errors_name_the_key_and_the_fix() {
 fn a_lisp_app_from_source_is_changed_live_through_swank() {
     let port = free_port();
     let swank = free_port();
+    let admin = free_port();
     let p = hello_lisp(
         port,
-        &format!("swank_port = {swank}\nstop = {{ timeout = \"5s\" }}"),
+        &format!(
+            "swank_port = {swank}\nreload = \"in-place\"\nstop = {{ timeout = \"5s\" }}\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\""
+        ),
     );
     let _sup = p.up(&[]);
     wait_healthy(&p, port);
@@ -161,18 +171,25 @@ fn a_lisp_app_from_source_is_changed_live_through_swank() {
     assert!(m["dynamic_usage_bytes"].as_u64().expect("usage") > 0, "{v}");
     assert!(m["threads"].as_u64().expect("threads") >= 2, "{v}");
 
-    // In-place reload picks up an edit, in the same process.
+    // `windlass reload` (reload = "in-place") picks up an edit, in the same process, and
+    // says which files it compiled.
     let src = p.path().join("src/app.lisp");
     let text = std::fs::read_to_string(&src).expect("read");
     let edited = text.replace("(princ-to-string *version*)", "\"3-reloaded\"");
     assert_ne!(text, edited);
     std::fs::write(&src, &edited).expect("write");
-    let (code, body) = control(&p, "POST", "/v1/apps/hello/reload-in-place");
-    assert_eq!(code, 200, "{body}");
-    let r: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(r["ok"], true, "{r}");
+    let o = p.run(&["reload", "hello"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("hello.0: reloaded in place"), "{out}");
+    assert!(out.contains("app.lisp"), "{out}");
     assert_eq!(http_get(port, "/version").expect("get").1, "3-reloaded");
     assert_eq!(p.instance("hello", 0)["pid"].as_i64(), Some(pid));
+    assert_eq!(p.instance("hello", 0)["restarts"], 0);
 
     // A compile error is reported, and the old code keeps serving.
     std::fs::write(
@@ -180,19 +197,21 @@ fn a_lisp_app_from_source_is_changed_live_through_swank() {
         format!("{edited}\n(defun broken (x) (let ((y x)) y)\n"),
     )
     .expect("write");
-    let (code, body) = control(&p, "POST", "/v1/apps/hello/reload-in-place");
-    assert_eq!(code, 200, "{body}");
-    let r: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(r["ok"], false, "{r}");
-    let inst = &r["instances"][0];
-    assert!(inst["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
-    assert!(
-        !inst["log_lines"].as_array().expect("lines").is_empty()
-            || !inst["diagnostics"].as_str().unwrap_or("").is_empty(),
-        "{r}"
-    );
+    let o = p.run(&["reload", "hello"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("the old code keeps serving"), "{err}");
+    // The condition, and the compiler's own words on the app's stderr.
+    assert!(err.contains("hello.0: "), "{err}");
+    assert!(err.contains("  | "), "{err}");
     assert_eq!(http_get(port, "/version").expect("get").1, "3-reloaded");
     assert_eq!(p.instance("hello", 0)["pid"].as_i64(), Some(pid));
+    // Both reloads are counted.
+    let text = scrape(admin);
+    for (result, n) in [("success", 1.0), ("failure", 1.0)] {
+        let series = format!("windlass_app_reloads_total{{app=\"hello\",result=\"{result}\"}}");
+        assert_eq!(sample(&text, &series), Some(n), "{series}\n{text}");
+    }
 }
 
 #[test]
