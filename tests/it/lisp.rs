@@ -214,6 +214,112 @@ fn a_lisp_app_from_source_is_changed_live_through_swank() {
     }
 }
 
+/// Sets `*version*` in the project's copy of hello-lisp. The file's time is set two seconds
+/// ahead: ASDF judges fasls by whole seconds, and an edit in the second the running image
+/// compiled it would otherwise load the old fasl.
+fn set_source_version(p: &Project, version: &str) {
+    let src = p.path().join("src/app.lisp");
+    let text = std::fs::read_to_string(&src).expect("read");
+    let head = "(defvar *version* \"";
+    let start = text.find(head).expect("the defvar") + head.len();
+    let end = start + text[start..].find('"').expect("closing quote");
+    let edited = format!("{}{version}{}", &text[..start], &text[end..]);
+    std::fs::write(&src, edited).expect("write");
+    let later = std::time::SystemTime::now() + Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(&src)
+        .and_then(|f| f.set_modified(later))
+        .expect("set mtime");
+}
+
+#[test]
+fn a_lisp_app_reloads_blue_green_under_load_without_a_failed_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let port = free_port();
+    let p = hello_lisp(
+        port,
+        "reload = \"blue-green\"\nhealth = { path = \"/health\" }\nstop = { timeout = \"5s\" }",
+    );
+    let _sup = p.up(&[]);
+    wait_healthy(&p, port);
+    assert_eq!(http_get(port, "/version").expect("get").1, "1");
+    let mut pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
+
+    let reloads = 2u32;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (stop, ok) = (stop.clone(), ok.clone());
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut ka = crate::reload::KeepAlive { port, stream: None };
+                let mut seen = 1u32;
+                let mut n = 0;
+                while n < 20 || !stop.load(Ordering::Relaxed) {
+                    // Half the clients keep one connection, half open one per request.
+                    let r = if c % 2 == 0 {
+                        ka.get("/version")
+                    } else {
+                        http_get(port, "/version")
+                    };
+                    // Every answer is 200 and from the current or the next version: requests
+                    // are sequential, so once the new version answered the old one never does.
+                    match r {
+                        Ok((200, body)) => match body.parse::<u32>() {
+                            Ok(v) if v == seen || v == seen + 1 => seen = v,
+                            _ => {
+                                return Err(format!(
+                                    "client {c} request {n}: version {body:?} after {seen}"
+                                ));
+                            }
+                        },
+                        Ok((code, body)) => {
+                            return Err(format!("client {c} request {n}: {code} {body}"));
+                        }
+                        Err(e) => return Err(format!("client {c} request {n}: {e}")),
+                    }
+                    ok.fetch_add(1, Ordering::Relaxed);
+                    n += 1;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for v in 2..2 + reloads {
+        let version = v.to_string();
+        set_source_version(&p, &version);
+        let o = p.run(&["reload", "hello"]);
+        assert!(
+            o.status.success(),
+            "reload {v}: {}{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            p.log_lines("hello").join("\n")
+        );
+        // A clean new image: the new source, in a new process.
+        assert_eq!(http_get(port, "/version").expect("get").1, version);
+        let new_pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
+        assert_ne!(new_pid, pid);
+        pid = new_pid;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join()
+            .expect("client thread")
+            .expect("every request succeeds");
+    }
+    assert!(ok.load(Ordering::Relaxed) >= 4 * 20);
+    let inst = p.instance("hello", 0);
+    assert_eq!(inst["reloads"], reloads, "{inst}");
+    assert_eq!(inst["restarts"], 0, "{inst}");
+    // The old images stopped gracefully (exit 0 after draining), not by SIGKILL.
+    let log = p.log_lines("hello").join("\n");
+    assert!(!log.contains("SIGKILL"), "{log}");
+}
+
 #[test]
 fn a_built_release_runs_without_the_sources() {
     let port = free_port();
