@@ -245,6 +245,23 @@ impl Supervisor {
             })
     }
 
+    /// The current config of `app` (re-read by each reload).
+    pub fn app_config(&self, app: &str) -> Option<Arc<AppConfig>> {
+        let rt = self.app(app).ok()?;
+        Some(rt.config.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// The pid of instance `index` of `app`, while it has a process.
+    pub fn instance_pid(&self, app: &str, index: u32) -> Option<u32> {
+        let rt = self.app(app).ok()?;
+        rt.instances
+            .iter()
+            .find(|i| i.cell.index == index)?
+            .cell
+            .snapshot()
+            .pid
+    }
+
     /// Follows every log line from now on.
     pub fn subscribe_logs(&self) -> broadcast::Receiver<Arc<LogLine>> {
         self.shared.tap.subscribe()

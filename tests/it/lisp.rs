@@ -170,6 +170,49 @@ fn a_lisp_app_from_source_is_changed_live_through_swank() {
     let m = &v["instances"][0]["lisp"];
     assert!(m["dynamic_usage_bytes"].as_u64().expect("usage") > 0, "{v}");
     assert!(m["threads"].as_u64().expect("threads") >= 2, "{v}");
+    // And /metrics, from the figures the daemon reads in the background.
+    let labels = "{app=\"hello\",index=\"0\"}";
+    let text = wait_for("the Lisp image's figures in /metrics", DEADLINE, || {
+        let text = scrape(admin);
+        let usage = sample(
+            &text,
+            &format!("windlass_lisp_dynamic_space_usage_bytes{labels}"),
+        )?;
+        (usage > 0.0).then_some(text)
+    });
+    let size = sample(
+        &text,
+        &format!("windlass_lisp_dynamic_space_size_bytes{labels}"),
+    );
+    assert!(size.is_some_and(|s| s > 0.0), "{text}");
+    let threads = sample(&text, &format!("windlass_lisp_threads{labels}"));
+    assert!(threads.is_some_and(|t| t >= 2.0), "{text}");
+    let consed = sample(&text, &format!("windlass_lisp_bytes_consed_total{labels}"));
+    assert!(consed.is_some_and(|b| b > 0.0), "{text}");
+    assert!(
+        sample(&text, &format!("windlass_lisp_gc_seconds_total{labels}")).is_some(),
+        "{text}"
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let o = promtool.wait_with_output().expect("promtool");
+    assert!(
+        o.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     // `windlass reload` (reload = "in-place") picks up an edit, in the same process, and
     // says which files it compiled.
