@@ -230,6 +230,7 @@ pub async fn run(
         }
     });
     let metrics = Metrics::new(&supervisor);
+    let _lisp_refresh = metrics.spawn_lisp_refresh(&supervisor);
     let down = Arc::new(Notify::new());
     let (stopped_tx, stopped_rx) = watch::channel(false);
     let ctx = control::Ctx {

@@ -219,7 +219,7 @@ pub struct ActionResult {
     pub app: Option<AppStatus>,
 }
 
-/// Answer to `POST /v1/apps/{app}/reload-in-place`: one entry per instance.
+/// What an in-place reload of a Lisp app did: one entry per instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InPlaceReport {
     pub app: String,

@@ -54,6 +54,10 @@ pub async fn act(args: AppArgs, action: Action) -> Result {
 /// drain (in-flight requests finish, up to stop.timeout) and stop. If a new instance fails its
 /// health check, the old version keeps serving, the command prints why and exits 1. The app's
 /// config is re-read first, so a changed command or environment takes effect.
+///
+/// in-place: a Common Lisp app with swank_port evaluates reload_eval (by default: reload its
+/// ASDF system) in each running image and prints the compiler's warnings and output; a compile
+/// error keeps the old code serving and exits 1. Other apps get their reload_signal.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "Examples:
   windlass reload web

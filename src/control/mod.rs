@@ -39,7 +39,6 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/logs", get(logs))
         .route("/v1/apps/{app}", get(app_status))
-        .route("/v1/apps/{app}/reload-in-place", post(reload_in_place))
         .route("/v1/apps/{app}/console", get(console::attach))
         .route("/v1/apps/{app}/{action}", post(app_action))
         .route("/v1/down", post(down))
@@ -113,29 +112,6 @@ async fn app_status(AxState(ctx): AxState<Ctx>, UrlPath(app): UrlPath<String>) -
             Json(s).into_response()
         }
         Err(e) => sup_error(e),
-    }
-}
-
-/// `POST /v1/apps/{app}/reload-in-place`: evaluate the app's `reload_eval` in its running
-/// images. 200 with `ok: false` when the code does not compile (the old code keeps serving).
-async fn reload_in_place(AxState(ctx): AxState<Ctx>, UrlPath(app): UrlPath<String>) -> Response {
-    let Some(cfg) = ctx.supervisor.config().app(&app).cloned() else {
-        return sup_error(SupervisorError::UnknownApp {
-            name: app,
-            known: ctx.supervisor.app_names(),
-        });
-    };
-    let logs = ctx.supervisor.subscribe_logs();
-    match lisp_image::reload_in_place(&cfg, logs).await {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => {
-            let status = match e {
-                lisp_image::InPlaceError::Swank { .. } => StatusCode::BAD_GATEWAY,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            let hint = e.hint();
-            error(status, e.to_string(), hint)
-        }
     }
 }
 

@@ -5,8 +5,11 @@
 //! passes it to the admin listener, which calls [`Metrics::encode`] for `/metrics`, and the
 //! proxy's handle [`Metrics::proxy`] to the proxy. Names follow
 //! `windlass_<subsystem>_<name>_<unit>`; instances carry `app` and `index` labels (`index`,
-//! not `instance`, because Prometheus sets `instance` to the scrape target).
+//! not `instance`, because Prometheus sets `instance` to the scrape target). The figures of
+//! Lisp images come from swank through a cache refreshed in the background ([`lisp`]), so a
+//! scrape never waits on an image.
 
+pub mod lisp;
 pub mod procs;
 pub mod proxy;
 
@@ -36,6 +39,7 @@ pub const STATES: [State; 8] = [
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    lisp: lisp::LispCache,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -54,9 +58,21 @@ impl Metrics {
         registry.register_collector(Box::new(proxy::ProxyCollector {
             supervisor: supervisor.clone(),
         }));
+        let lisp = lisp::LispCache::default();
+        registry.register_collector(Box::new(lisp::LispCollector {
+            supervisor: supervisor.clone(),
+            cache: lisp.clone(),
+        }));
         Metrics {
             registry: Arc::new(registry),
+            lisp,
         }
+    }
+
+    /// Starts asking the Lisp images for their figures in the background (see [`lisp`]);
+    /// without it the `windlass_lisp_*` families have no samples.
+    pub fn spawn_lisp_refresh(&self, supervisor: &Supervisor) -> tokio::task::JoinHandle<()> {
+        lisp::spawn_refresh(supervisor.clone(), self.lisp.clone())
     }
 
     /// The OpenMetrics text exposition (reads /proc: call it off the async threads).

@@ -52,24 +52,28 @@ impl InPlaceError {
     }
 }
 
-/// Evaluates the app's `reload_eval` in every instance's image, one after the other; stops
-/// at the first instance whose reload fails (the others keep the old code). `logs` must be
-/// subscribed before the call (`Supervisor::subscribe_logs`).
+/// Evaluates the app's `reload_eval` in the images of instances `indices`, one after the
+/// other; stops at the first instance whose reload fails (the others keep the old code).
+/// `logs` must be subscribed before the call (`Supervisor::subscribe_logs`).
 pub async fn reload_in_place(
     app: &AppConfig,
+    indices: &[u32],
     mut logs: broadcast::Receiver<Arc<LogLine>>,
 ) -> Result<InPlaceReport, InPlaceError> {
     let lisp = app
         .lisp
         .as_ref()
         .ok_or_else(|| InPlaceError::NotLisp(app.name.clone()))?;
+    if lisp.swank_port.is_none() {
+        return Err(InPlaceError::NoSwank(app.name.clone()));
+    }
     let swank_err = |index, source| InPlaceError::Swank {
         app: app.name.clone(),
         index,
         source,
     };
     let mut instances = Vec::new();
-    for index in 0..app.instances {
+    for &index in indices {
         let addr = lisp
             .swank_addr(index)
             .ok_or_else(|| InPlaceError::NoSwank(app.name.clone()))?;
@@ -125,6 +129,48 @@ pub async fn reload_in_place(
     })
 }
 
+/// The report as lines for the user: per instance, what happened, the compiler's warnings
+/// and the app's log lines written meanwhile (where the compiler's diagnostics appear; the
+/// diagnostics text itself when the log had none), indented under the instance's line.
+pub fn report_lines(report: &InPlaceReport) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in &report.instances {
+        let head = format!("{}.{}", report.app, i.index);
+        match (&i.error, i.ok) {
+            (Some(e), _) => out.push(format!("{head}: {e}")),
+            (None, false) => out.push(format!("{head}: the reload form failed")),
+            (None, true) => out.push(format!(
+                "{head}: reloaded in place ({} warning{})",
+                i.warnings.len(),
+                if i.warnings.len() == 1 { "" } else { "s" }
+            )),
+        }
+        for w in &i.warnings {
+            out.push(format!("  warning: {}", w.trim_end()));
+        }
+        // What the form printed (ASDF's and the compiler's progress notes).
+        out.extend(
+            i.output
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| format!("  > {l}")),
+        );
+        if i.log_lines.is_empty() {
+            if !i.ok {
+                out.extend(
+                    i.diagnostics
+                        .lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(|l| format!("  | {l}")),
+                );
+            }
+        } else {
+            out.extend(i.log_lines.iter().map(|l| format!("  | {l}")));
+        }
+    }
+    out
+}
+
 /// Heap, GC, allocation and thread figures of instance `index`'s image; `None` when the app
 /// is not a Lisp app with swank, or the image does not answer within 2 s.
 pub async fn lisp_metrics(app: &AppConfig, index: u32) -> Option<LispMetrics> {
@@ -137,4 +183,53 @@ pub async fn lisp_metrics(app: &AppConfig, index: u32) -> Option<LispMetrics> {
     .await
     .ok()
     .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(ok: bool, error: Option<&str>, log: &[&str], diagnostics: &str) -> InstanceReload {
+        InstanceReload {
+            index: 0,
+            ok,
+            error: error.map(str::to_owned),
+            warnings: vec!["STYLE-WARNING: x is unused".into()],
+            diagnostics: diagnostics.into(),
+            output: "; compiling file \"app.lisp\"\n".into(),
+            log_lines: log.iter().map(|l| (*l).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_report_names_the_instance_the_error_warnings_and_log_lines() {
+        let r = InPlaceReport {
+            app: "hello".into(),
+            ok: true,
+            instances: vec![inst(true, None, &["; compiling app.lisp"], "; ignored")],
+        };
+        assert_eq!(
+            report_lines(&r),
+            [
+                "hello.0: reloaded in place (1 warning)",
+                "  warning: STYLE-WARNING: x is unused",
+                "  > ; compiling file \"app.lisp\"",
+                "  | ; compiling app.lisp",
+            ]
+        );
+        // A failure without log lines shows the compiler's diagnostics instead.
+        let r = InPlaceReport {
+            app: "hello".into(),
+            ok: false,
+            instances: vec![inst(
+                false,
+                Some("END-OF-FILE: eof"),
+                &[],
+                "; line 1\n\n; line 2",
+            )],
+        };
+        let lines = report_lines(&r);
+        assert_eq!(lines[0], "hello.0: END-OF-FILE: eof");
+        assert_eq!(lines[3..], ["  | ; line 1", "  | ; line 2"]);
+    }
 }

@@ -45,7 +45,11 @@ pub enum SupervisorError {
     #[error("{0}")]
     Config(String),
     #[error("reload of `{app}` failed: {reason}")]
-    ReloadFailed { app: String, reason: String },
+    ReloadFailed {
+        app: String,
+        reason: String,
+        hint: Option<String>,
+    },
 }
 
 impl SupervisorError {
@@ -55,6 +59,7 @@ impl SupervisorError {
             SupervisorError::UnknownApp { known, .. } => {
                 Some(format!("apps: {}", known.join(", ")))
             }
+            SupervisorError::ReloadFailed { hint, .. } => hint.clone(),
             _ => None,
         }
     }
@@ -244,6 +249,23 @@ impl Supervisor {
             })
     }
 
+    /// The current config of `app` (re-read by each reload).
+    pub fn app_config(&self, app: &str) -> Option<Arc<AppConfig>> {
+        let rt = self.app(app).ok()?;
+        Some(rt.config.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// The pid of instance `index` of `app`, while it has a process.
+    pub fn instance_pid(&self, app: &str, index: u32) -> Option<u32> {
+        let rt = self.app(app).ok()?;
+        rt.instances
+            .iter()
+            .find(|i| i.cell.index == index)?
+            .cell
+            .snapshot()
+            .pid
+    }
+
     /// Follows every log line from now on.
     pub fn subscribe_logs(&self) -> broadcast::Receiver<Arc<LogLine>> {
         self.shared.tap.subscribe()
@@ -319,20 +341,13 @@ impl Supervisor {
         let mut messages = Vec::new();
         match strategy {
             ReloadStrategy::InPlace => {
-                let Some(sig) = new_app.reload_signal else {
-                    return Err(SupervisorError::ReloadFailed {
-                        app: app.to_owned(),
-                        reason: "reload = \"in-place\" needs `reload_signal` (e.g. \"SIGHUP\") for this app".into(),
-                    });
-                };
-                for inst in &rt.instances {
-                    if let Some(pid) = inst.cell.snapshot().pid {
-                        process::signal_group(pid as i32, sig);
-                        messages.push(format!(
-                            "{app}.{}: sent {} to pid {pid}",
-                            inst.cell.index,
-                            sig.as_str()
-                        ));
+                let result = self.reload_in_place(rt, &new_app).await;
+                match result {
+                    Ok(lines) => messages = lines,
+                    Err(e) => {
+                        rt.counters.reloads_failed.fetch_add(1, Relaxed);
+                        rt.log.note(None, &format!("reload failed: {e}"));
+                        return Err(e);
                     }
                 }
             }
@@ -359,6 +374,7 @@ impl Supervisor {
                             return Err(SupervisorError::ReloadFailed {
                                 app: app.to_owned(),
                                 reason,
+                                hint: None,
                             });
                         }
                     }
@@ -367,6 +383,64 @@ impl Supervisor {
         }
         rt.counters.reloads_ok.fetch_add(1, Relaxed);
         Ok((self.app_status(rt), messages))
+    }
+
+    /// `reload = "in-place"`: a Lisp app with swank evaluates its `reload_eval` in every
+    /// running image (a compile error fails the reload, the old code keeps serving); any
+    /// other app gets its `reload_signal`.
+    async fn reload_in_place(
+        &self,
+        rt: &AppRuntime,
+        app: &AppConfig,
+    ) -> Result<Vec<String>, SupervisorError> {
+        let name = &app.name;
+        let running: Vec<(u32, u32)> = rt
+            .instances
+            .iter()
+            .filter_map(|i| i.cell.snapshot().pid.map(|pid| (i.cell.index, pid)))
+            .collect();
+        let failed = |reason: String, hint: Option<String>| SupervisorError::ReloadFailed {
+            app: name.clone(),
+            reason,
+            hint,
+        };
+        let swank = app.lisp.as_ref().is_some_and(|l| l.swank_port.is_some());
+        if swank || (app.lisp.is_some() && app.reload_signal.is_none()) {
+            if running.is_empty() {
+                return Err(failed(
+                    "no instance is running: there is no image to reload".into(),
+                    Some(format!("start it: windlass start {name}")),
+                ));
+            }
+            let indices: Vec<u32> = running.iter().map(|(i, _)| *i).collect();
+            let report = lisp_image::reload_in_place(app, &indices, self.subscribe_logs())
+                .await
+                .map_err(|e| {
+                    let hint = e.hint();
+                    failed(e.to_string(), hint)
+                })?;
+            let lines = lisp_image::report_lines(&report);
+            if !report.ok {
+                return Err(failed(
+                    format!("the old code keeps serving\n{}", lines.join("\n")),
+                    None,
+                ));
+            }
+            return Ok(lines);
+        }
+        let Some(sig) = app.reload_signal else {
+            return Err(failed(
+                "reload = \"in-place\" needs `reload_signal` (e.g. \"SIGHUP\") for this app".into(),
+                None,
+            ));
+        };
+        Ok(running
+            .into_iter()
+            .map(|(index, pid)| {
+                process::signal_group(pid as i32, sig);
+                format!("{name}.{index}: sent {} to pid {pid}", sig.as_str())
+            })
+            .collect())
     }
 
     /// Event counts of `app` (zeros for an unknown app).

@@ -13,8 +13,14 @@ use crate::helper::*;
 /// A cold compile takes 16-60 s on 2 busy cores; warm starts take a few seconds.
 const LISP_DEADLINE: Duration = Duration::from_secs(240);
 
-/// A project holding a copy of examples/hello-lisp and a config for it.
+/// A project holding a copy of examples/hello-lisp and a config for it (the admin listener
+/// on a free port unless `extra` has an `[admin]` table, so parallel tests never share 9180).
 fn hello_lisp(port: u16, extra: &str) -> Project {
+    let admin = if extra.contains("[admin]") {
+        ""
+    } else {
+        "\n[admin]\nlisten = \"127.0.0.1:0\""
+    };
     let p = Project::empty();
     copy_tree(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-lisp"),
@@ -25,7 +31,7 @@ fn hello_lisp(port: u16, extra: &str) -> Project {
         "windlass.toml",
         &format!(
             "[app.hello]\nlisp = {{ system = \"hello-lisp\", entry = \"hello-lisp:main\" }}\n\
-             port = {port}\nenv = {{ XDG_CACHE_HOME = \"{}\" }}\n{extra}\n",
+             port = {port}\nenv = {{ XDG_CACHE_HOME = \"{}\" }}\n{extra}{admin}\n",
             cache.display()
         ),
     );
@@ -114,9 +120,13 @@ fn lisp_config_errors_name_the_key_and_the_fix() {
 fn a_lisp_app_from_source_is_changed_live_through_swank() {
     let port = free_port();
     let swank = free_port();
+    let admin = free_port();
     let p = hello_lisp(
         port,
-        &format!("swank_port = {swank}\nstop = {{ timeout = \"5s\" }}"),
+        &format!(
+            "swank_port = {swank}\nreload = \"in-place\"\nstop = {{ timeout = \"5s\" }}\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\""
+        ),
     );
     let _sup = p.up(&[]);
     wait_healthy(&p, port);
@@ -160,19 +170,69 @@ fn a_lisp_app_from_source_is_changed_live_through_swank() {
     let m = &v["instances"][0]["lisp"];
     assert!(m["dynamic_usage_bytes"].as_u64().expect("usage") > 0, "{v}");
     assert!(m["threads"].as_u64().expect("threads") >= 2, "{v}");
+    // And /metrics, from the figures the daemon reads in the background.
+    let labels = "{app=\"hello\",index=\"0\"}";
+    let text = wait_for("the Lisp image's figures in /metrics", DEADLINE, || {
+        let text = scrape(admin);
+        let usage = sample(
+            &text,
+            &format!("windlass_lisp_dynamic_space_usage_bytes{labels}"),
+        )?;
+        (usage > 0.0).then_some(text)
+    });
+    let size = sample(
+        &text,
+        &format!("windlass_lisp_dynamic_space_size_bytes{labels}"),
+    );
+    assert!(size.is_some_and(|s| s > 0.0), "{text}");
+    let threads = sample(&text, &format!("windlass_lisp_threads{labels}"));
+    assert!(threads.is_some_and(|t| t >= 2.0), "{text}");
+    let consed = sample(&text, &format!("windlass_lisp_bytes_consed_total{labels}"));
+    assert!(consed.is_some_and(|b| b > 0.0), "{text}");
+    assert!(
+        sample(&text, &format!("windlass_lisp_gc_seconds_total{labels}")).is_some(),
+        "{text}"
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let o = promtool.wait_with_output().expect("promtool");
+    assert!(
+        o.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 
-    // In-place reload picks up an edit, in the same process.
+    // `windlass reload` (reload = "in-place") picks up an edit, in the same process, and
+    // says which files it compiled.
     let src = p.path().join("src/app.lisp");
     let text = std::fs::read_to_string(&src).expect("read");
     let edited = text.replace("(princ-to-string *version*)", "\"3-reloaded\"");
     assert_ne!(text, edited);
     std::fs::write(&src, &edited).expect("write");
-    let (code, body) = control(&p, "POST", "/v1/apps/hello/reload-in-place");
-    assert_eq!(code, 200, "{body}");
-    let r: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(r["ok"], true, "{r}");
+    let o = p.run(&["reload", "hello"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("hello.0: reloaded in place"), "{out}");
+    assert!(out.contains("app.lisp"), "{out}");
     assert_eq!(http_get(port, "/version").expect("get").1, "3-reloaded");
     assert_eq!(p.instance("hello", 0)["pid"].as_i64(), Some(pid));
+    assert_eq!(p.instance("hello", 0)["restarts"], 0);
 
     // A compile error is reported, and the old code keeps serving.
     std::fs::write(
@@ -180,19 +240,127 @@ fn a_lisp_app_from_source_is_changed_live_through_swank() {
         format!("{edited}\n(defun broken (x) (let ((y x)) y)\n"),
     )
     .expect("write");
-    let (code, body) = control(&p, "POST", "/v1/apps/hello/reload-in-place");
-    assert_eq!(code, 200, "{body}");
-    let r: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(r["ok"], false, "{r}");
-    let inst = &r["instances"][0];
-    assert!(inst["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
-    assert!(
-        !inst["log_lines"].as_array().expect("lines").is_empty()
-            || !inst["diagnostics"].as_str().unwrap_or("").is_empty(),
-        "{r}"
-    );
+    let o = p.run(&["reload", "hello"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("the old code keeps serving"), "{err}");
+    // The condition, and the compiler's own words on the app's stderr.
+    assert!(err.contains("hello.0: "), "{err}");
+    assert!(err.contains("  | "), "{err}");
     assert_eq!(http_get(port, "/version").expect("get").1, "3-reloaded");
     assert_eq!(p.instance("hello", 0)["pid"].as_i64(), Some(pid));
+    // Both reloads are counted.
+    let text = scrape(admin);
+    for (result, n) in [("success", 1.0), ("failure", 1.0)] {
+        let series = format!("windlass_app_reloads_total{{app=\"hello\",result=\"{result}\"}}");
+        assert_eq!(sample(&text, &series), Some(n), "{series}\n{text}");
+    }
+}
+
+/// Sets `*version*` in the project's copy of hello-lisp. The file's time is set two seconds
+/// ahead: ASDF judges fasls by whole seconds, and an edit in the second the running image
+/// compiled it would otherwise load the old fasl.
+fn set_source_version(p: &Project, version: &str) {
+    let src = p.path().join("src/app.lisp");
+    let text = std::fs::read_to_string(&src).expect("read");
+    let head = "(defvar *version* \"";
+    let start = text.find(head).expect("the defvar") + head.len();
+    let end = start + text[start..].find('"').expect("closing quote");
+    let edited = format!("{}{version}{}", &text[..start], &text[end..]);
+    std::fs::write(&src, edited).expect("write");
+    let later = std::time::SystemTime::now() + Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(&src)
+        .and_then(|f| f.set_modified(later))
+        .expect("set mtime");
+}
+
+#[test]
+fn a_lisp_app_reloads_blue_green_under_load_without_a_failed_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let port = free_port();
+    let p = hello_lisp(
+        port,
+        "reload = \"blue-green\"\nhealth = { path = \"/health\" }\nstop = { timeout = \"5s\" }",
+    );
+    let _sup = p.up(&[]);
+    wait_healthy(&p, port);
+    assert_eq!(http_get(port, "/version").expect("get").1, "1");
+    let mut pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
+
+    let reloads = 2u32;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (stop, ok) = (stop.clone(), ok.clone());
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut ka = crate::reload::KeepAlive { port, stream: None };
+                let mut seen = 1u32;
+                let mut n = 0;
+                while n < 20 || !stop.load(Ordering::Relaxed) {
+                    // Half the clients keep one connection, half open one per request.
+                    let r = if c % 2 == 0 {
+                        ka.get("/version")
+                    } else {
+                        http_get(port, "/version")
+                    };
+                    // Every answer is 200 and from the current or the next version: requests
+                    // are sequential, so once the new version answered the old one never does.
+                    match r {
+                        Ok((200, body)) => match body.parse::<u32>() {
+                            Ok(v) if v == seen || v == seen + 1 => seen = v,
+                            _ => {
+                                return Err(format!(
+                                    "client {c} request {n}: version {body:?} after {seen}"
+                                ));
+                            }
+                        },
+                        Ok((code, body)) => {
+                            return Err(format!("client {c} request {n}: {code} {body}"));
+                        }
+                        Err(e) => return Err(format!("client {c} request {n}: {e}")),
+                    }
+                    ok.fetch_add(1, Ordering::Relaxed);
+                    n += 1;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for v in 2..2 + reloads {
+        let version = v.to_string();
+        set_source_version(&p, &version);
+        let o = p.run(&["reload", "hello"]);
+        assert!(
+            o.status.success(),
+            "reload {v}: {}{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            p.log_lines("hello").join("\n")
+        );
+        // A clean new image: the new source, in a new process.
+        assert_eq!(http_get(port, "/version").expect("get").1, version);
+        let new_pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
+        assert_ne!(new_pid, pid);
+        pid = new_pid;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join()
+            .expect("client thread")
+            .expect("every request succeeds");
+    }
+    assert!(ok.load(Ordering::Relaxed) >= 4 * 20);
+    let inst = p.instance("hello", 0);
+    assert_eq!(inst["reloads"], reloads, "{inst}");
+    assert_eq!(inst["restarts"], 0, "{inst}");
+    // The old images stopped gracefully (exit 0 after draining), not by SIGKILL.
+    let log = p.log_lines("hello").join("\n");
+    assert!(!log.contains("SIGKILL"), "{log}");
 }
 
 #[test]

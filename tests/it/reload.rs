@@ -20,13 +20,13 @@ fn set_version(p: &Project, port: u16, version: &str, extra: &str) {
 }
 
 /// A keep-alive HTTP/1.1 client on one connection (as browsers and load generators use).
-struct KeepAlive {
-    port: u16,
-    stream: Option<std::io::BufReader<std::net::TcpStream>>,
+pub(crate) struct KeepAlive {
+    pub(crate) port: u16,
+    pub(crate) stream: Option<std::io::BufReader<std::net::TcpStream>>,
 }
 
 impl KeepAlive {
-    fn get(&mut self, path: &str) -> std::io::Result<(u16, String)> {
+    pub(crate) fn get(&mut self, path: &str) -> std::io::Result<(u16, String)> {
         use std::io::{BufRead, Read, Write};
         if self.stream.is_none() {
             let s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
