@@ -212,8 +212,8 @@ do_proxy() {
       rec_wrk proxy "$t" "$rep" "$out"
       n=$(awk '/ requests in /{print $1}' "$out")
       if [ "${n:-0}" -gt 0 ]; then
-        rec proxy "$t" "$rep" proxy_cpu_us_per_req "$(( (c1 - c0) * 10000000 / n ))"
-        rec proxy "$t" "$rep" app_cpu_us_per_req "$(( (a1 - a0) * 10000000 / n ))"
+        rec proxy "$t" "$rep" proxy_cpu_us_per_req "$(( (c1 - c0) * 10000 / n ))"
+        rec proxy "$t" "$rep" app_cpu_us_per_req "$(( (a1 - a0) * 10000 / n ))"
       fi
     done
   done

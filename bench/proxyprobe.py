@@ -241,7 +241,7 @@ def summary(path):
                     vs1.append(x / g("nginx_1w", "rps"))
             err = sum(series("proxy", t, "sock_err")) + sum(series("proxy", t, "non2xx"))
             rssv = series("proxy", t, "rss_after_load_kb")
-            out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |" % (
+            out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %s | %s |" % (
                 t, cell(series("proxy", t, "rps"), "%.0f"), cell(ratio, "%.2f×", False),
                 cell(series("proxy", t, "p50_ms"), "%.3f", False), cell(series("proxy", t, "p99_ms"), "%.2f", False),
                 cell(p99r, "%.2f×", False), cell(series("proxy", t, "max_ms"), "%.1f", False),
