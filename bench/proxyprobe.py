@@ -224,7 +224,7 @@ def summary(path):
     # --- 1. throughput
     targets = [t for t in ("direct", "windlass", "nginx_2w", "nginx_1w") if series("proxy", t, "rps")]
     if targets:
-        out.append("### 1. Throughput and latency (wrk -t2 -c50 -d10s, per repetition: direct → windlass → nginx 2w → nginx 1w)\n")
+        out.append("### 1. Throughput and latency (wrk -t2 -c50 -dDUR --latency, per repetition: direct → windlass → nginx 2w → nginx 1w)\n")
         out.append("| target | req/s | vs direct (per rep) | p50 ms | p99 ms | p99 vs direct | max ms | vs nginx_2w req/s | vs nginx_1w req/s | errors | RSS after load MiB | proxy CPU µs/req | app CPU µs/req |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for t in targets:
