@@ -223,8 +223,8 @@ pub fn main() -> ExitCode {
         },
         _ => None,
     };
+    // Worker threads: one per core, or TOKIO_WORKER_THREADS (tokio's own setting).
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
         .enable_all()
         .build()
     {
