@@ -58,6 +58,49 @@ struct LogFile {
     /// Lines dropped since the last successful write, to report once writing works again.
     unreported: u64,
     last_error: Option<String>,
+    /// The records being written, kept between appends while the app writes a lot (see
+    /// [`OUT_MAX`]).
+    out: Vec<u8>,
+}
+
+/// Records are written in pieces of at most this many bytes (or one record, if longer): one
+/// `write` per pipe read for most lines, and a bounded buffer.
+const OUT_MAX: usize = 128 * 1024;
+/// After an append that wrote less than this, a larger output buffer is freed: a burst is over,
+/// and an app that writes a line now and then should not keep 128 KiB.
+const OUT_SMALL: usize = 4 * 1024;
+
+/// Splits `data` at `\n`, dropping the newline (and a `\r` before it); a trailing piece without a
+/// newline is a line too (so `"a\n"` is one line, `"a\nb"` two, and `"\n"` one empty line).
+pub fn lines(data: &[u8]) -> Lines<'_> {
+    Lines {
+        rest: Some(data.strip_suffix(b"\n").unwrap_or(data)),
+    }
+}
+
+/// Iterator returned by [`lines`].
+#[derive(Clone)]
+pub struct Lines<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest?;
+        let line = match memchr::memchr(b'\n', rest) {
+            Some(i) => {
+                self.rest = Some(&rest[i + 1..]);
+                &rest[..i]
+            }
+            None => {
+                self.rest = None;
+                rest
+            }
+        };
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    }
 }
 
 impl AppLog {
@@ -72,6 +115,7 @@ impl AppLog {
                 size: 0,
                 unreported: 0,
                 last_error: None,
+                out: Vec::new(),
             }),
             dropped: AtomicU64::new(0),
             tap,
@@ -92,10 +136,26 @@ impl AppLog {
         if lines.is_empty() {
             return;
         }
+        self.append_iter(instance, stream, lines.iter().copied());
+    }
+
+    /// Appends the lines of `data` as split by [`lines`] (what a read from an app's pipe gave,
+    /// cut after its last newline), all stamped with the same time. Empty `data` is no line.
+    pub fn append_chunk(&self, instance: Option<u32>, stream: Stream, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.append_iter(instance, stream, lines(data));
+    }
+
+    fn append_iter<'a, I>(&self, instance: Option<u32>, stream: Stream, lines: I)
+    where
+        I: Iterator<Item = &'a [u8]> + Clone,
+    {
         let ts = timestamp();
         let dropped = {
             let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-            f.append(&ts, instance, stream, lines)
+            f.append(&ts, instance, stream, lines.clone())
         };
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -136,34 +196,48 @@ impl LogFile {
     }
 
     /// Returns how many lines were dropped.
-    fn append(&mut self, ts: &str, instance: Option<u32>, stream: Stream, lines: &[&[u8]]) -> u64 {
-        let inst_buf = itoa_u32(instance);
-        let inst = inst_buf.as_str();
-        let mut buf: Vec<u8> = Vec::with_capacity(lines.iter().map(|l| l.len() + 48).sum());
+    fn append<'a>(
+        &mut self,
+        ts: &str,
+        instance: Option<u32>,
+        stream: Stream,
+        lines: impl Iterator<Item = &'a [u8]>,
+    ) -> u64 {
+        // `TIMESTAMP INSTANCE STREAM `, the same for every record of this append.
+        let prefix = format!("{ts} {} {} ", itoa_u32(instance), stream.as_str());
+        let prefix = prefix.as_bytes();
+        let mut buf = std::mem::take(&mut self.out);
+        buf.clear();
         let mut in_buf = 0u64;
         let mut dropped = 0u64;
+        let mut total = 0usize;
         for line in lines {
-            let rec = ts.len() + inst.len() + stream.as_str().len() + line.len() + 4;
+            let rec = prefix.len() + line.len() + 1;
             if self.size + (buf.len() + rec) as u64 > self.cfg.max_size
                 && self.size + buf.len() as u64 > 0
             {
                 dropped += self.write_buf(&buf, in_buf);
+                total += buf.len();
                 buf.clear();
                 in_buf = 0;
                 self.rotate();
+            } else if buf.len() + rec > OUT_MAX && !buf.is_empty() {
+                dropped += self.write_buf(&buf, in_buf);
+                total += buf.len();
+                buf.clear();
+                in_buf = 0;
             }
-            buf.extend_from_slice(ts.as_bytes());
-            buf.push(b' ');
-            buf.extend_from_slice(inst.as_bytes());
-            buf.push(b' ');
-            buf.extend_from_slice(stream.as_str().as_bytes());
-            buf.push(b' ');
+            buf.extend_from_slice(prefix);
             // A record is one line: a stray CR or NUL is kept, but no newline can be inside.
             buf.extend_from_slice(line);
             buf.push(b'\n');
             in_buf += 1;
         }
         dropped += self.write_buf(&buf, in_buf);
+        total += buf.len();
+        if total >= OUT_SMALL {
+            self.out = buf;
+        }
         dropped
     }
 
@@ -362,6 +436,25 @@ mod tests {
         assert_eq!(last.line, "l299");
         assert_eq!(last.stream, Stream::Err);
         assert_eq!(last.instance, None);
+    }
+
+    #[test]
+    fn chunks_split_into_lines() {
+        let split = |d: &'static [u8]| lines(d).collect::<Vec<_>>();
+        assert_eq!(split(b"a\nb\r\n"), vec![&b"a"[..], &b"b"[..]]);
+        assert_eq!(split(b"a\n\nc"), vec![&b"a"[..], &b""[..], &b"c"[..]]);
+        assert_eq!(split(b"\n"), vec![&b""[..]]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tap, _) = broadcast::channel(4);
+        let log = AppLog::new(dir.path(), "c", LogsConfig::default(), tap);
+        log.append_chunk(Some(1), Stream::Err, b"x\r\ny\n");
+        log.append_chunk(Some(1), Stream::Err, b"");
+        log.append_chunk(Some(1), Stream::Err, b"cut");
+        let got: Vec<String> = collect(dir.path(), "c", 0)
+            .iter()
+            .map(|l| parse_record("c", l).line)
+            .collect();
+        assert_eq!(got, ["x", "y", "cut"]);
     }
 
     #[test]

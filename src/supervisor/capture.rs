@@ -39,51 +39,78 @@ pub async fn capture<R: AsyncRead + Unpin>(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        // Only the new bytes can hold a newline: what was left over had none.
+        let last_nl = memchr::memrchr(b'\n', &buf[filled..filled + n]).map(|i| filled + i);
         filled += n;
-        if filled == buf.len() && buf.len() < BUF {
-            // The app writes faster than one small buffer: take more per read from now on.
-            buf.resize((buf.len() * 2).min(BUF), 0);
-        }
-        let data = &buf[..filled];
-        let cut = match memchr_last(data) {
+        let cut = match last_nl {
             Some(i) => i + 1,
             // No newline in a full (largest) buffer: emit it as one (cut) line.
             None if filled == BUF => filled,
-            None => continue,
+            None => {
+                grow(&mut buf, filled);
+                continue;
+            }
         };
-        let lines: Vec<&[u8]> = split_lines(&data[..cut]);
-        log.append(Some(instance), stream, &lines);
-        for t in &tails {
-            remember(t, &lines);
-        }
+        emit(&log, instance, stream, &tails, &buf[..cut]);
         buf.copy_within(cut..filled, 0);
         filled -= cut;
+        grow(&mut buf, cut + filled);
     }
     if filled > 0 {
-        let lines = split_lines(&buf[..filled]);
-        log.append(Some(instance), stream, &lines);
-        for t in &tails {
-            remember(t, &lines);
-        }
+        emit(&log, instance, stream, &tails, &buf[..filled]);
     }
 }
 
-fn memchr_last(data: &[u8]) -> Option<usize> {
-    data.iter().rposition(|b| *b == b'\n')
+/// Doubles the buffer (up to [`BUF`]) when the last read filled it: the app writes faster than
+/// one small buffer, so take more per read from now on.
+fn grow(buf: &mut Vec<u8>, used: usize) {
+    if used == buf.len() && buf.len() < BUF {
+        buf.resize((buf.len() * 2).min(BUF), 0);
+    }
 }
 
-/// Splits at `\n`, dropping the newline (and a `\r` before it); a trailing piece without a
-/// newline is a line too.
-fn split_lines(data: &[u8]) -> Vec<&[u8]> {
+/// Hands `data` (whole lines, the last one possibly without its newline) to the log and the tails.
+fn emit(
+    log: &AppLog,
+    instance: u32,
+    stream: Stream,
+    tails: &[Arc<Mutex<VecDeque<String>>>],
+    data: &[u8],
+) {
+    log.append_chunk(Some(instance), stream, data);
+    if tails.is_empty() {
+        return;
+    }
+    let last = last_lines(data, STDERR_TAIL);
+    for t in tails {
+        remember(t, &last);
+    }
+}
+
+/// The last `n` lines of `data` (split as [`crate::logs::lines`] does), in order.
+fn last_lines(data: &[u8], n: usize) -> Vec<&[u8]> {
     let body = data.strip_suffix(b"\n").unwrap_or(data);
-    body.split(|b| *b == b'\n')
+    let mut out = Vec::with_capacity(n);
+    let mut end = body.len();
+    for nl in memchr::memrchr_iter(b'\n', body) {
+        if out.len() == n {
+            break;
+        }
+        out.push(&body[nl + 1..end]);
+        end = nl;
+    }
+    if out.len() < n {
+        out.push(&body[..end]);
+    }
+    out.reverse();
+    out.into_iter()
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .collect()
 }
 
 fn remember(tail: &Mutex<VecDeque<String>>, lines: &[&[u8]]) {
     let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
-    for l in lines.iter().rev().take(STDERR_TAIL).rev() {
+    for l in lines {
         if t.len() == STDERR_TAIL {
             t.pop_front();
         }
@@ -93,11 +120,20 @@ fn remember(tail: &Mutex<VecDeque<String>>, lines: &[&[u8]]) {
 
 #[cfg(test)]
 mod tests {
-    use super::split_lines;
+    use super::last_lines;
 
     #[test]
-    fn splits_lines() {
-        assert_eq!(split_lines(b"a\nb\r\n"), vec![&b"a"[..], &b"b"[..]]);
-        assert_eq!(split_lines(b"a\n\nc"), vec![&b"a"[..], &b""[..], &b"c"[..]]);
+    fn keeps_the_last_lines() {
+        assert_eq!(last_lines(b"a\nb\r\n", 10), vec![&b"a"[..], &b"b"[..]]);
+        assert_eq!(
+            last_lines(b"a\n\nc", 10),
+            vec![&b"a"[..], &b""[..], &b"c"[..]]
+        );
+        assert_eq!(last_lines(b"a\nb\nc\n", 2), vec![&b"b"[..], &b"c"[..]]);
+        assert_eq!(
+            last_lines(b"a\nb\nc", 3),
+            vec![&b"a"[..], &b"b"[..], &b"c"[..]]
+        );
+        assert_eq!(last_lines(b"\n", 3), vec![&b""[..]]);
     }
 }
