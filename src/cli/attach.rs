@@ -129,19 +129,7 @@ pub async fn run(args: Args) -> Result {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        let e = match serde_json::from_slice::<crate::protocol::ApiError>(&body) {
-            Ok(e) => ClientError::Api {
-                status,
-                error: e.error,
-                hint: e.hint,
-            },
-            Err(_) => ClientError::Api {
-                status,
-                error: String::from_utf8_lossy(&body).into_owned(),
-                hint: None,
-            },
-        };
-        let mut err = CliError::from(e);
+        let mut err = CliError::from(crate::control::client::api_error(status, &body));
         if status == 400 {
             err.code = exit::USAGE;
         }

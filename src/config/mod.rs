@@ -218,7 +218,7 @@ impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
             path: None,
-            interval: Duration::from_secs(1),
+            interval: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
             start_timeout: Duration::from_secs(60),
         }

@@ -100,18 +100,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Transport(e.to_string()))?
             .to_bytes();
-        Err(match serde_json::from_slice::<ApiError>(&body) {
-            Ok(e) => ClientError::Api {
-                status,
-                error: e.error,
-                hint: e.hint,
-            },
-            Err(_) => ClientError::Api {
-                status,
-                error: String::from_utf8_lossy(&body).into_owned(),
-                hint: None,
-            },
-        })
+        Err(api_error(status, &body))
     }
 
     /// Sends a request and decodes the JSON answer.
@@ -134,5 +123,21 @@ impl Client {
     /// True if a supervisor answers on the socket.
     pub async fn alive(&self) -> bool {
         self.send(Method::GET, "/v1/status").await.is_ok()
+    }
+}
+
+/// The error an unsuccessful answer carries: its JSON `ApiError`, or its text as is.
+pub fn api_error(status: u16, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(e) => ClientError::Api {
+            status,
+            error: e.error,
+            hint: e.hint,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            error: String::from_utf8_lossy(body).into_owned(),
+            hint: None,
+        },
     }
 }

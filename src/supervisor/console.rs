@@ -51,7 +51,9 @@ impl Default for Console {
     fn default() -> Self {
         Console {
             ring: Mutex::new(VecDeque::new()),
-            out: broadcast::channel(1024).0,
+            // 128 PTY reads (up to 4 KiB each) for a slow viewer; every instance has one, so
+            // it stays small (1024 slots cost ~57 KiB per instance, console or not).
+            out: broadcast::channel(128).0,
             input: Mutex::new(None),
             writer: Mutex::new(None),
             next_viewer: AtomicU64::new(1),

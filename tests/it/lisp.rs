@@ -406,6 +406,18 @@ fn a_built_release_runs_without_the_sources() {
         exe.display(),
         dir.display()
     );
+
+    // kill -9 of the image: windlass restarts it, and the proxy serves the new one.
+    // SAFETY: plain kill(2) of the app's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let (code, _) = wait_for("the restarted image to answer", DEADLINE, || {
+        let i = p.instance("hello", 0);
+        (i["restarts"] == 1 && i["state"] == "running" && i["pid"].as_i64() != Some(pid))
+            .then(|| http_get(port, "/health").ok())
+            .flatten()
+    });
+    assert_eq!(code, 200);
+    assert_eq!(p.instance("hello", 0)["last_exit"]["signal"], "SIGKILL");
 }
 
 /// Reads what the PTY master has until `needle` shows up after `from`.
