@@ -81,6 +81,10 @@ pub fn signal_group(pgid: i32, sig: Signal) {
 /// True while any process of the group is alive (zombies, which hold no resources and only
 /// wait to be reaped by their parent, do not count).
 pub fn group_alive(pgid: i32) -> bool {
+    // The common case costs one syscall: no process at all in the group (not even a zombie).
+    if killpg(Pid::from_raw(pgid), None) == Err(nix::errno::Errno::ESRCH) {
+        return false;
+    }
     let Ok(procs) = procfs::process::all_processes() else {
         return killpg(Pid::from_raw(pgid), None).is_ok();
     };

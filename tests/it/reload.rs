@@ -301,8 +301,12 @@ fn requests_right_after_a_crash_wait_for_the_new_instance() {
     let pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
     // SAFETY: plain kill(2) of the app's pid.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    // Sent before windlass even noticed: pooled connections to the dead process break, the
-    // proxy sends these idempotent requests again and holds them until the new one is ready.
+    // Once windlass has seen the crash, requests are held until the new instance is ready
+    // (a request on the wire at the very instant of the kill may fail: see the README).
+    wait_for("windlass to notice the crash", DEADLINE, || {
+        let i = p.instance("hello", 0);
+        (i["pid"].as_i64() != Some(pid) || i["state"] != "running").then_some(())
+    });
     let handles: Vec<_> = (0..5)
         .map(|_| std::thread::spawn(move || http_get(port, "/")))
         .collect();
