@@ -60,6 +60,7 @@ wl_down() {
   local mp; mp=$(wl_main_pid)
   wl down >/dev/null 2>&1
   [ -n "$mp" ] && { wait_gone "$mp" 15 || kill -KILL "$mp" 2>/dev/null; }
+  [ -n "$WL_FG_PID" ] && { wait "$WL_FG_PID" 2>/dev/null; unstart "$WL_FG_PID"; WL_FG_PID=; }
   WL_UP=0
 }
 pm2_down() {
@@ -177,11 +178,22 @@ http {
 EOF
 }
 
+# windlass runs in the foreground (`windlass up`, a background job of this script) by default,
+# like nginx (`daemon off`), the apps and wrk: the kernel's autogroup scheduler
+# (/proc/sys/kernel/sched_autogroup_enabled) gives every session one share of the CPU, and
+# `up -d` starts a new session, which on a box this loaded changes who gets the cores
+# more than anything the proxy does. WL_DETACH=1 measures `up -d` instead.
+WL_DETACH=${WL_DETACH:-0}
+WL_FG_PID=
 wl_up() {
   rm -rf "$W/wl/.windlass"
-  wl up -d >/dev/null 2>"$W/wl/up.err" || { log "windlass up -d failed: $(cat "$W/wl/up.err")"; return 1; }
+  if [ "$WL_DETACH" = 1 ]; then
+    wl up -d >/dev/null 2>"$W/wl/up.err" || { log "windlass up -d failed: $(cat "$W/wl/up.err")"; return 1; }
+  else
+    (cd "$W/wl" && exec "$WINDLASS" up) >/dev/null 2>"$W/wl/up.err" & WL_FG_PID=$!; STARTED+=("$WL_FG_PID")
+  fi
   WL_UP=1
-  wait_200 $P_WL || { log "windlass app did not answer"; return 1; }
+  wait_200 $P_WL || { log "windlass app did not answer: $(tail -3 "$W/wl/up.err")"; return 1; }
 }
 
 # ---------------------------------------------------------------- 1. proxy overhead
@@ -319,7 +331,7 @@ mkdir -p "$W" "$RES"
 for s in $STEPS; do
   case $s in
     setup) do_setup; : > "$TSV"; versions > "$RES/versions.txt"
-           echo "started $(date -u +%FT%TZ); load average $(cut -d' ' -f1-3 /proc/loadavg); REPS=$REPS DUR=$DUR RELOADS=$RELOADS SPACING=$SPACING" > "$RES/meta.txt"
+           echo "started $(date -u +%FT%TZ); load average $(cut -d' ' -f1-3 /proc/loadavg); REPS=$REPS DUR=$DUR RELOADS=$RELOADS SPACING=$SPACING WL_DETACH=$WL_DETACH WINDLASS_PROXY_THREADS=${WINDLASS_PROXY_THREADS:-default}" > "$RES/meta.txt"
            cat "$RES/versions.txt" "$RES/meta.txt" >&2 ;;
     proxy|reload|switch) "do_$s" ;;
     summary) cat "$RES/versions.txt" "$RES/meta.txt" 2>/dev/null; echo "finished $(date -u +%FT%TZ); load average $(cut -d' ' -f1-3 /proc/loadavg)"; echo; do_summary | tee "$RES/summary.md" ;;

@@ -20,6 +20,7 @@ use crate::admin;
 use crate::config::Config;
 use crate::control;
 use crate::metrics::Metrics;
+use crate::proxy::Workers;
 use crate::supervisor::{Options, Supervisor, SupervisorError};
 
 /// Where windlass keeps a project's files (DESIGN.md, "Files").
@@ -207,13 +208,24 @@ pub async fn run(
     let supervisor = Supervisor::start(config, opts)?;
     let (proxy_stop_tx, proxy_stop_rx) = watch::channel(false);
     let mut proxy_tasks = Vec::new();
+    let workers = if listeners.is_empty() {
+        None
+    } else {
+        Some(
+            Workers::start(Workers::default_count())
+                .map_err(io_err(Path::new("proxy worker threads")))?,
+        )
+    };
     for (name, _, proxy) in supervisor.proxies() {
         if let Some(i) = listeners.iter().position(|(n, _)| *n == name) {
             let (_, listener) = listeners.swap_remove(i);
             let mut stop = proxy_stop_rx.clone();
+            let workers = workers
+                .clone()
+                .expect("workers start when there is a listener");
             proxy_tasks.push(tokio::spawn(async move {
                 proxy
-                    .serve(listener, async move {
+                    .serve_on(workers, listener, async move {
                         let _ = stop.wait_for(|s| *s).await;
                     })
                     .await
@@ -291,6 +303,10 @@ pub async fn run(
     server_stop_tx.send_replace(true);
     for t in proxy_tasks {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    if let Some(w) = workers {
+        // Joining blocks; the connections are done or given up on by now.
+        let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
     }
     // Give `down` its answer; streaming clients are cut after a short grace.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

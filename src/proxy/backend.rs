@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -38,6 +39,8 @@ pub(crate) struct Backend {
     pub(crate) id: BackendId,
     pub(crate) addr: SocketAddr,
     pub(crate) pool: Pool,
+    /// Idle raw connections of the plain-request path.
+    pub(crate) raw: Pool<TcpStream>,
     in_flight: AtomicUsize,
     upgraded: AtomicUsize,
     retired: AtomicBool,
@@ -50,6 +53,7 @@ impl Backend {
         Backend {
             id,
             addr,
+            raw: pool.sibling(),
             pool,
             in_flight: AtomicUsize::new(0),
             upgraded: AtomicUsize::new(0),
@@ -79,6 +83,7 @@ impl Backend {
     pub(crate) fn retire(&self) {
         self.retired.store(true, Ordering::SeqCst);
         self.pool.close();
+        self.raw.close();
     }
 
     pub(crate) fn is_retired(&self) -> bool {

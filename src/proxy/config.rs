@@ -17,7 +17,7 @@ pub struct ProxyConfig {
     /// Idle upstream connections older than this are not reused (default 4 s, below the
     /// usual 5 s keep-alive timeout of app servers, so the app never closes one under us).
     pub pool_idle_timeout: Duration,
-    /// Idle upstream connections kept per instance (default 256).
+    /// Idle upstream connections kept per instance and proxy thread (default 256).
     pub pool_max_idle: usize,
     /// On shutdown, how long `serve` waits for open client connections to finish
     /// (default 10 s).

@@ -62,6 +62,17 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    #[error("the exchange with instance {addr} failed")]
+    UpstreamIo {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("instance {addr} sent an invalid response: {what}")]
+    BadResponse {
+        addr: SocketAddr,
+        what: &'static str,
+    },
     #[error("instance {addr} switched protocols without being asked to")]
     UnexpectedSwitch { addr: SocketAddr },
     #[error("the client's request body broke off")]
@@ -93,6 +104,8 @@ impl ProxyError {
             ProxyError::ConnectRefused { .. }
             | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::UpstreamIo { .. }
+            | ProxyError::BadResponse { .. }
             | ProxyError::UnexpectedSwitch { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Downstream { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -108,6 +121,8 @@ impl ProxyError {
             ProxyError::ResponseTimeout { .. } => Some(UpstreamCause::ResponseTimeout),
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::UpstreamIo { .. }
+            | ProxyError::BadResponse { .. }
             | ProxyError::UnexpectedSwitch { .. } => Some(UpstreamCause::Reset),
             ProxyError::Downstream { .. } | ProxyError::Internal { .. } => None,
         }

@@ -13,7 +13,9 @@
 //! connection is never replayed: it may be what crashed it. The response timeout starts when the request body has been sent in
 //! full, so slow uploads are not cut off.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,14 +39,23 @@ const MAX_UNSENT_RETRIES: u32 = 3;
 
 /// How many times an idempotent request with no body is sent again after its connection
 /// broke before a response.
-const MAX_REPLAYS: u32 = 3;
+pub(crate) const MAX_REPLAYS: u32 = 3;
 
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const RETRY_AFTER: HeaderValue = HeaderValue::from_static("5");
 
-/// Proxies one client request. Never fails: errors become proxy-made responses.
+/// Proxies one client request. Never fails: errors become proxy-made responses (the
+/// `Result` is what hyper's service wants, so no wrapper future is needed).
 pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    client_ip: HeaderValue,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    Ok(proxy(shared, client_ip, req).await)
+}
+
+async fn proxy(
     shared: Arc<Shared>,
     client_ip: HeaderValue,
     mut req: Request<Incoming>,
@@ -256,13 +267,24 @@ async fn checkout(
     if !fresh {
         while let Some(mut conn) = backend.pool.take() {
             // Returned at the end of its last response; the connection catches up with
-            // that (or notices it was closed) when first polled.
-            if let Ok(Ok(())) = tokio::time::timeout(timeout, conn.ready()).await {
+            // that (or notices it was closed) when first polled, which nearly always
+            // settles it at once: only the rare rest pays for a timer.
+            let ready = {
+                let ready = conn.ready();
+                tokio::pin!(ready);
+                match std::future::poll_fn(|cx| Poll::Ready(ready.as_mut().poll(cx))).await {
+                    Poll::Ready(r) => Ok(r),
+                    Poll::Pending => tokio::time::timeout(timeout, ready).await,
+                }
+            };
+            if let Ok(Ok(())) = ready {
                 return Ok(conn);
             }
         }
     }
-    pool::connect(backend.addr, timeout).await
+    // Boxed: opening a connection is rare, and its future is large; inline, it would
+    // make every request's future (moved around by hyper) that much bigger.
+    Box::pin(pool::connect(backend.addr, timeout)).await
 }
 
 async fn send(
@@ -321,8 +343,9 @@ async fn send(
     }
 }
 
-fn error_response(done: Completion, e: ProxyError) -> Response<ResponseBody> {
-    let shared = Arc::clone(done.shared());
+/// Logs a failed request and counts it by fault (upstream causes are counted where
+/// they happen).
+pub(crate) fn note_error(shared: &Shared, e: &ProxyError) {
     match e.fault() {
         Fault::Upstream => {
             tracing::warn!(app = %shared.app, error = %e, source = ?std::error::Error::source(&e), "proxy error")
@@ -333,6 +356,11 @@ fn error_response(done: Completion, e: ProxyError) -> Response<ResponseBody> {
             tracing::error!(app = %shared.app, error = %e, "internal proxy error");
         }
     }
+}
+
+fn error_response(done: Completion, e: ProxyError) -> Response<ResponseBody> {
+    let shared = Arc::clone(done.shared());
+    note_error(&shared, &e);
     let status = e.status();
     let page = Bytes::from(e.page(&shared.app));
     let mut response = Response::new(ResponseBody::full(page, done, status.as_u16()));

@@ -47,8 +47,18 @@ pub(crate) fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .then(|| upgrade.clone())
 }
 
-/// Removes hop-by-hop headers, including the ones `Connection` names.
+/// True for the fixed hop-by-hop names.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// Removes hop-by-hop headers, including the ones `Connection` names. One pass over the
+/// names finds them (most messages carry none, or only `Connection`/`Keep-Alive`), so
+/// the common case costs no lookups.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
             .filter(|t| {
@@ -62,7 +72,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
 }

@@ -8,9 +8,9 @@
 //!
 //! Files, one concept each (kamal-proxy style): `router` (instance set and snapshot),
 //! `balancer` (the pick rule), `backend` (one instance and its counters), `pool`
-//! (upstream connections), `hold` (waiting for a ready instance), `forward` (the
-//! request path), `headers`, `body`, `tunnel` (upgrades), `drain`, `server` (accept
-//! loop), `metrics`, `error`, `config`.
+//! (upstream connections), `hold` (waiting for a ready instance), `fast` (the
+//! plain-request path), `forward` (every other request), `headers`, `body`, `tunnel` (upgrades), `drain`, `server` (accept
+//! loop), `workers` (the proxy's own threads), `metrics`, `error`, `config`.
 
 mod backend;
 mod balancer;
@@ -18,6 +18,7 @@ mod body;
 mod config;
 mod drain;
 mod error;
+mod fast;
 mod forward;
 mod headers;
 mod hold;
@@ -26,6 +27,7 @@ mod pool;
 mod router;
 mod server;
 mod tunnel;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,6 +43,7 @@ pub use crate::proxy::error::{Fault, ProxyError};
 pub use crate::proxy::metrics::{
     BackendStatus, LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, UpstreamCause, UpstreamErrors,
 };
+pub use crate::proxy::workers::Workers;
 
 use crate::proxy::metrics::Metrics;
 use crate::proxy::router::Router;
@@ -89,8 +92,20 @@ impl AppProxy {
     /// Serves clients accepted on `listener` until `shutdown` resolves, then lets open
     /// connections finish their current request (up to `shutdown_timeout`) and returns.
     /// Call it once per listener; the listener stays bound while this runs.
+    /// The connections run as tasks of the calling runtime.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        server::serve(Arc::clone(&self.shared), listener, shutdown).await;
+        server::serve(Arc::clone(&self.shared), listener, None, shutdown).await;
+    }
+
+    /// Like [`serve`](Self::serve), but each accepted connection runs on one of
+    /// `workers`' threads (the one with the fewest open connections) for its whole life.
+    pub async fn serve_on(
+        &self,
+        workers: Workers,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        server::serve(Arc::clone(&self.shared), listener, Some(workers), shutdown).await;
     }
 
     /// Registers an instance listening on `addr` (use `127.0.0.1:PORT`). It receives no

@@ -6,7 +6,9 @@
 //! to a retired instance must be dropped at once, which a pool keyed by authority
 //! cannot do. The pool is a LIFO stack under a short `std` mutex (never held across an
 //! await): the most recently used connection is the warmest, and stale ones sink to the
-//! bottom where the idle timeout drops them.
+//! bottom where the idle timeout drops them. There is one stack per proxy worker thread
+//! (plus one for any other thread): a connection is only reused by the thread whose
+//! runtime it is registered with, so its IO never wakes another thread.
 //!
 //! An [`Upstream`] connection is driven by whoever uses it (the request and then its
 //! response body, inside the client connection's task) rather than by a task of its
@@ -33,6 +35,7 @@ use tokio::time::Instant;
 
 use crate::proxy::body::RequestBody;
 use crate::proxy::error::ProxyError;
+use crate::proxy::workers;
 
 pub(crate) type Sender = SendRequest<RequestBody>;
 type Conn = Connection<TokioIo<TcpStream>, RequestBody>;
@@ -102,25 +105,63 @@ impl Upstream {
         })
         .await
     }
+}
 
-    fn is_reusable(&self) -> bool {
+/// A connection the pool can keep.
+pub(crate) trait Reusable {
+    /// Still open, with nothing unexpected pending: fit for the next request.
+    fn is_reusable(&mut self) -> bool;
+}
+
+impl Reusable for Upstream {
+    fn is_reusable(&mut self) -> bool {
         matches!(self.driver, Driver::InTask(_)) && !self.tx.is_closed()
     }
 }
 
-pub(crate) struct Pool {
-    inner: Mutex<Inner>,
+/// A raw connection of the plain-request path ([`crate::proxy::fast`]).
+impl Reusable for TcpStream {
+    fn is_reusable(&mut self) -> bool {
+        // An idle connection is only readable if the app closed it (or sent bytes it
+        // should not have). tokio clears read readiness whenever a read comes back
+        // short, so after a complete exchange it is clear, and this costs no syscall;
+        // only a connection the reactor saw an event on is probed with a read.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+pub(crate) struct Pool<T = Upstream> {
+    inner: Mutex<Inner<T>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
-struct Inner {
-    idle: Vec<(Upstream, Instant)>,
+struct Inner<T> {
+    /// Idle connections, one LIFO stack per [`workers::current`] slot.
+    idle: Vec<Vec<(T, Instant)>>,
     closed: bool,
 }
 
-impl Pool {
-    pub(crate) fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
+impl<T> Inner<T> {
+    fn stack(&mut self) -> &mut Vec<(T, Instant)> {
+        let slot = workers::current();
+        if self.idle.len() <= slot {
+            self.idle.resize_with(slot + 1, Vec::new);
+        }
+        &mut self.idle[slot]
+    }
+}
+
+impl<T: Reusable> Pool<T> {
+    pub(crate) fn new(max_idle: usize, idle_timeout: Duration) -> Pool<T> {
         Pool {
             inner: Mutex::new(Inner {
                 idle: Vec::new(),
@@ -131,19 +172,25 @@ impl Pool {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    /// An empty pool with the same limits, for another kind of connection.
+    pub(crate) fn sibling<U: Reusable>(&self) -> Pool<U> {
+        Pool::new(self.max_idle, self.idle_timeout)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
         // The critical sections only push/pop a Vec; a panic there cannot leave it torn.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently returned idle connection that is still open and fresh.
-    pub(crate) fn take(&self) -> Option<Upstream> {
+    pub(crate) fn take(&self) -> Option<T> {
         let now = Instant::now();
         let mut inner = self.lock();
-        while let Some((tx, since)) = inner.idle.pop() {
+        let stack = inner.stack();
+        while let Some((mut tx, since)) = stack.pop() {
             if now.saturating_duration_since(since) > self.idle_timeout {
                 // Older entries are staler still: drop them all (outside the lock).
-                let stale = std::mem::take(&mut inner.idle);
+                let stale = std::mem::take(stack);
                 drop(inner);
                 drop((tx, stale));
                 return None;
@@ -157,17 +204,17 @@ impl Pool {
 
     /// Keeps a connection whose last exchange completed, unless the pool is closed
     /// (retired backend), full, or the connection is closing.
-    pub(crate) fn put(&self, tx: Upstream) {
+    pub(crate) fn put(&self, mut tx: T) {
         if !tx.is_reusable() {
             return;
         }
         let mut inner = self.lock();
-        if inner.closed || inner.idle.len() >= self.max_idle {
+        if inner.closed || inner.stack().len() >= self.max_idle {
             drop(inner);
             drop(tx);
             return;
         }
-        inner.idle.push((tx, Instant::now()));
+        inner.stack().push((tx, Instant::now()));
     }
 
     /// Drops every idle connection and refuses new ones.
@@ -181,12 +228,15 @@ impl Pool {
     }
 
     pub(crate) fn idle_len(&self) -> usize {
-        self.lock().idle.len()
+        self.lock().idle.iter().map(Vec::len).sum()
     }
 }
 
-/// Opens a new HTTP/1.1 connection to `addr`.
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, ProxyError> {
+/// Opens a TCP connection to `addr` (deadline, `TCP_NODELAY`).
+pub(crate) async fn connect_tcp(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ProxyError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => {
             return Err(ProxyError::ConnectTimeout {
@@ -204,6 +254,12 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstr
         // Only latency suffers; the connection itself is fine.
         tracing::debug!(%addr, error = %e, "cannot set TCP_NODELAY on upstream connection");
     }
+    Ok(stream)
+}
+
+/// Opens a new HTTP/1.1 connection to `addr`.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, ProxyError> {
+    let stream = connect_tcp(addr, timeout).await?;
     let (tx, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

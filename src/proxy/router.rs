@@ -140,7 +140,7 @@ impl Router {
                 retired: e.backend.is_retired(),
                 in_flight: e.backend.in_flight(),
                 upgraded: e.backend.upgraded(),
-                idle_connections: e.backend.pool.idle_len(),
+                idle_connections: e.backend.pool.idle_len() + e.backend.raw.idle_len(),
             })
             .collect()
     }

@@ -4,23 +4,29 @@
 //! the supervisor binds the public port once and keeps it; tests bind `127.0.0.1:0`)
 //! and passes a shutdown future; on shutdown the loop stops accepting, asks every
 //! connection to finish its current request and close, and waits for them up to
-//! `shutdown_timeout`.
+//! `shutdown_timeout`. A connection runs either as a task of the calling runtime or, in
+//! the supervisor, on one of the proxy's [`Workers`] threads.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::proxy::Shared;
-use crate::proxy::forward;
+use crate::proxy::workers::Workers;
+use crate::proxy::{fast, forward};
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -28,6 +34,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
+    workers: Option<Workers>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = http1::Builder::new();
@@ -61,30 +68,29 @@ pub(crate) async fn serve(
         }
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP address is a valid header value");
-        let conn_shared = Arc::clone(&shared);
-        let service = service_fn(move |req| {
-            let response = forward::handle(Arc::clone(&conn_shared), client_ip.clone(), req);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let mut stop = stop_rx.clone();
-        let alive = alive_tx.clone();
-        tokio::spawn(async move {
-            let _alive = alive;
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                () = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        let conn = Connection {
+            shared: Arc::clone(&shared),
+            builder: builder.clone(),
+            client_ip,
+            peer,
+            stop: stop_rx.clone(),
+            alive: alive_tx.clone(),
+        };
+        match &workers {
+            None => {
+                tokio::spawn(conn.run(stream));
             }
-        });
+            Some(workers) => match stream.into_std() {
+                // Registered again with the worker's own reactor, on the worker.
+                Ok(stream) => workers.spawn_connection(move || async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => conn.run(stream).await,
+                        Err(e) => tracing::warn!(error = %e, "cannot hand a client connection to a proxy worker"),
+                    }
+                }),
+                Err(e) => tracing::warn!(error = %e, "cannot hand a client connection to a proxy worker"),
+            },
+        }
     }
 
     stop_tx.send_replace(true);
@@ -94,6 +100,115 @@ pub(crate) async fn serve(
         .is_err()
     {
         tracing::warn!(app = %shared.app, "client connections still open after the shutdown timeout");
+    }
+}
+
+/// One accepted client connection and what serving it needs.
+struct Connection {
+    shared: Arc<Shared>,
+    builder: http1::Builder,
+    client_ip: HeaderValue,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    /// Dropped when the connection ends; the shutdown waits for every clone to go.
+    alive: mpsc::Sender<()>,
+}
+
+impl Connection {
+    /// Serves the connection until the client closes it or the proxy stops (then the
+    /// current request finishes first).
+    async fn run(self, stream: TcpStream) {
+        let Connection {
+            shared,
+            builder,
+            client_ip,
+            peer,
+            mut stop,
+            alive,
+        } = self;
+        let _alive = alive;
+        let mut stream = stream;
+        // Plain requests are served on the raw socket; the first other request moves the
+        // connection, with what was read of it, to hyper.
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let ip = client_ip.to_str().unwrap_or("unknown");
+        if let fast::Served::Closed =
+            fast::serve(&shared, ip, &mut stream, &mut buf, &mut stop).await
+        {
+            return;
+        }
+        let stream = Prefixed {
+            prefix: buf,
+            inner: stream,
+        };
+        let service =
+            service_fn(move |req| forward::handle(Arc::clone(&shared), client_ip.clone(), req));
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            () = stopped(&mut stop) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        }
+    }
+}
+
+/// A client connection whose first bytes were already read (by the plain-request path).
+struct Prefixed {
+    prefix: BytesMut,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(out.remaining());
+            out.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

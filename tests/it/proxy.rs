@@ -875,3 +875,280 @@ async fn pooled_connection_closed_by_the_app_is_not_used() {
     assert_eq!(accepted.load(SeqCst), 5);
     assert_eq!(proxy.metrics().upstream_errors, Default::default());
 }
+
+// ---------------------------------------------------------------- the plain-request path
+// Bodiless GET/HEAD/OPTIONS/DELETE requests are proxied on raw sockets (src/proxy/fast.rs);
+// these tests pin its framing, reuse and failure rules against scripted upstreams.
+
+/// What a scripted upstream does with the next request head on a connection.
+#[derive(Clone, Copy)]
+enum Act {
+    /// Writes these bytes and reads the next request.
+    Reply(&'static [u8]),
+    /// Writes these bytes and closes the connection.
+    ReplyAndClose(&'static [u8]),
+    /// Closes the connection without reading the request: the kernel resets it.
+    Reset,
+    /// Reads the request, then closes the connection cleanly without answering.
+    Hangup,
+}
+
+/// An upstream that plays `script[i]` on its i-th connection; counts connections and
+/// request heads read.
+async fn scripted_upstream(script: Vec<Vec<Act>>) -> (SocketAddr, Arc<Stats>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stats = Arc::new(Stats::default());
+    let st = Arc::clone(&stats);
+    tokio::spawn(async move {
+        let mut script = script.into_iter();
+        while let Ok((mut s, _)) = listener.accept().await {
+            st.accepted.fetch_add(1, SeqCst);
+            let acts = script.next().unwrap_or_default();
+            let st = Arc::clone(&st);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                for act in acts {
+                    if let Act::Reset = act {
+                        // Wait for the request to arrive, and leave it unread.
+                        let _ = s.readable().await;
+                        return;
+                    }
+                    // Read one request head (the requests here have no body).
+                    let mut buf = [0u8; 4096];
+                    let end = loop {
+                        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    pending.drain(..end);
+                    st.started.fetch_add(1, SeqCst);
+                    match act {
+                        Act::Reply(bytes) => s.write_all(bytes).await.expect("reply"),
+                        Act::ReplyAndClose(bytes) => {
+                            s.write_all(bytes).await.expect("reply");
+                            return;
+                        }
+                        Act::Hangup | Act::Reset => return,
+                    }
+                }
+                // Script done: keep the connection open until the proxy closes it.
+                let _ = s.read(&mut [0u8; 1]).await;
+            });
+        }
+    });
+    (addr, stats)
+}
+
+async fn proxy_to(up: SocketAddr) -> (AppProxy, SocketAddr) {
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    let id = proxy.add_backend(up);
+    assert!(proxy.set_ready(id, true));
+    (proxy, addr)
+}
+
+async fn request(
+    tx: &mut SendRequest<ClientBody>,
+    method: &str,
+    path: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "example.test")
+        .body(empty())
+        .expect("request");
+    send(tx, req).await
+}
+
+#[tokio::test]
+async fn plain_path_passes_chunked_length_and_empty_bodies_on_one_upstream_connection() {
+    let (up, stats) = scripted_upstream(vec![vec![
+        Act::Reply(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nWiki\r\n6;ext=1\r\npedia!\r\n0\r\nx-trailer: 1\r\n\r\n"),
+        Act::Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nkeep-alive: timeout=5\r\nconnection: keep-alive\r\n\r\nhello"),
+        Act::Reply(b"HTTP/1.1 204 No Content\r\n\r\n"),
+        Act::Reply(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+    ]])
+    .await;
+    let (proxy, addr) = proxy_to(up).await;
+    let mut tx = client(addr).await;
+    let (status, _, body) = request(&mut tx, "GET", "/chunked").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "Wikipedia!"));
+    let (status, headers, body) = request(&mut tx, "GET", "/length").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
+    assert!(headers.get("keep-alive").is_none(), "{headers:?}");
+    assert!(headers.get("connection").is_none(), "{headers:?}");
+    let (status, _, body) = request(&mut tx, "DELETE", "/empty").await;
+    assert_eq!((status, body.as_str()), (StatusCode::NO_CONTENT, ""));
+    let (status, _, body) = request(&mut tx, "GET", "/hints").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(
+        stats.accepted.load(SeqCst),
+        1,
+        "one upstream connection for all"
+    );
+    assert_eq!(stats.started.load(SeqCst), 4);
+    assert_eq!(proxy.metrics().upstream_errors, Default::default());
+}
+
+#[tokio::test]
+async fn plain_path_head_responses_have_no_body_and_pipelined_requests_keep_their_order() {
+    let (up, stats) = scripted_upstream(vec![vec![
+        Act::Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+        Act::Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none"),
+        Act::Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo"),
+    ]])
+    .await;
+    let (_proxy, addr) = proxy_to(up).await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // Three requests in one write; the last asks to close, so the proxy ends the stream.
+    s.write_all(
+        b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+        .await
+        .expect("the proxy closes after the last request")
+        .expect("read");
+    let got = String::from_utf8_lossy(&got);
+    let parts: Vec<&str> = got.split("HTTP/1.1 200 OK\r\n").collect();
+    assert_eq!(parts.len(), 4, "{got}");
+    assert_eq!(
+        parts[1], "content-length: 5\r\n\r\n",
+        "HEAD: no body: {got}"
+    );
+    assert_eq!(parts[2], "content-length: 3\r\n\r\none", "{got}");
+    assert_eq!(
+        parts[3], "content-length: 3\r\nconnection: close\r\n\r\ntwo",
+        "{got}"
+    );
+    assert_eq!(stats.accepted.load(SeqCst), 1);
+}
+
+#[tokio::test]
+async fn plain_path_body_ended_by_the_app_closing_ends_the_client_connection() {
+    let (up, stats) = scripted_upstream(vec![
+        vec![Act::ReplyAndClose(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end",
+        )],
+        vec![Act::Reply(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext",
+        )],
+    ])
+    .await;
+    let (_proxy, addr) = proxy_to(up).await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+        .await
+        .expect("closed after a close-delimited body")
+        .expect("read");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nuntil the end"
+    );
+    assert_eq!(get_once(addr, "/").await, (StatusCode::OK, "next".into()));
+    assert_eq!(
+        stats.accepted.load(SeqCst),
+        2,
+        "that connection was not reused"
+    );
+}
+
+#[tokio::test]
+async fn plain_path_sends_a_reset_request_again_but_never_one_the_app_read() {
+    // Reset before reading: sent again on a fresh connection, the client sees nothing.
+    let (up, stats) = scripted_upstream(vec![
+        vec![Act::Reset],
+        vec![Act::Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nz")],
+    ])
+    .await;
+    let (proxy, addr) = proxy_to(up).await;
+    assert_eq!(get_once(addr, "/").await, (StatusCode::OK, "z".into()));
+    assert_eq!(stats.accepted.load(SeqCst), 2);
+    assert_eq!(proxy.metrics().upstream_errors.reset, 1);
+
+    // Read, then a clean close without an answer: maybe a query of death; a 502.
+    let (up, stats) = scripted_upstream(vec![
+        vec![Act::Hangup],
+        vec![Act::Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nz")],
+    ])
+    .await;
+    let (proxy, addr) = proxy_to(up).await;
+    let (status, body) = get_once(addr, "/").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("did not answer"), "{body}");
+    assert_eq!(stats.accepted.load(SeqCst), 1, "not sent again");
+    assert_eq!(proxy.metrics().upstream_errors.reset, 1);
+}
+
+#[tokio::test]
+async fn plain_path_rejects_a_malformed_response_with_a_502_page() {
+    let (up, _stats) = scripted_upstream(vec![vec![Act::Reply(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nzz",
+    )]])
+    .await;
+    let (_proxy, addr) = proxy_to(up).await;
+    let mut tx = client(addr).await;
+    let (status, headers, body) = request(&mut tx, "GET", "/").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("conflicting Content-Length"), "{body}");
+    assert!(body.contains("windlass logs web"), "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+}
+
+#[tokio::test]
+async fn a_connection_moves_to_the_full_path_at_its_first_request_with_a_body() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    let mut tx = client(addr).await;
+    assert_eq!(get(&mut tx, "/").await, (StatusCode::OK, "a".into()));
+    let req = Request::post("/upload")
+        .header("host", "example.test")
+        .body(Full::new(Bytes::from_static(b"0123456789")).boxed())
+        .expect("request");
+    let (status, _, body) = send(&mut tx, req).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "10"));
+    // Plain requests after it are still served on the same connection.
+    for _ in 0..3 {
+        assert_eq!(get(&mut tx, "/").await, (StatusCode::OK, "a".into()));
+    }
+}
+
+#[tokio::test]
+async fn plain_path_head_deadline_is_not_extended_by_trickling_bytes() {
+    let (_proxy, addr) = start_proxy(ProxyConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..quick_cfg()
+    })
+    .await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // One byte every 50 ms would keep a per-read deadline alive for ever.
+    let closed = async {
+        for b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().cycle() {
+            if s.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            let mut probe = [0u8; 1];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(50), s.read(&mut probe)).await
+            {
+                return;
+            }
+        }
+    };
+    // A per-read deadline would never fire, and this would hit the test deadline.
+    tokio::time::timeout(DEADLINE, closed)
+        .await
+        .expect("the proxy closes a head that never ends");
+}
