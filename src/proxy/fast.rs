@@ -42,8 +42,11 @@ use crate::proxy::pool;
 /// Largest request or response head taken here; a larger request goes to the hyper path
 /// (which answers 431), a larger response is a 502.
 const MAX_HEAD: usize = 64 * 1024;
-/// Most headers in a head taken here.
-const MAX_HEADERS: usize = 64;
+/// Most headers in a head taken here (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// Upstream buffer kept between requests; a larger one (after a streamed body) is freed,
+/// so an idle keep-alive connection holds little memory.
+const KEEP_UPSTREAM_BUF: usize = 16 * 1024;
 /// Read size while copying a body.
 const BODY_CHUNK: usize = 64 * 1024;
 
@@ -111,9 +114,10 @@ pub(crate) async fn serve(
     let cfg = &shared.cfg;
     let mut idle = Deadline::new(cfg.idle_timeout);
     let mut respond = Deadline::new(cfg.response_timeout);
-    let mut request = Vec::with_capacity(1024);
-    let mut response = Vec::with_capacity(1024);
-    let mut ubuf = BytesMut::with_capacity(16 * 1024);
+    // Allocated on first use, so a connection that sends nothing costs no buffers.
+    let mut request = Vec::new();
+    let mut response = Vec::new();
+    let mut ubuf = BytesMut::new();
     loop {
         // Read until a whole head is in the buffer, within the idle timeout (for the
         // whole head: trickling bytes does not extend it).
@@ -224,6 +228,9 @@ pub(crate) async fn serve(
             return Served::Closed;
         }
         ubuf.clear();
+        if ubuf.capacity() > KEEP_UPSTREAM_BUF {
+            ubuf = BytesMut::new();
+        }
         finish.delivered = true;
         if reusable && !close {
             guard.backend().raw.put(upstream);
@@ -482,7 +489,7 @@ async fn send(
             }
         }
         if ubuf.capacity() - ubuf.len() < 1024 {
-            ubuf.reserve(16 * 1024);
+            ubuf.reserve(KEEP_UPSTREAM_BUF);
         }
         let read = tokio::select! {
             biased;
@@ -596,6 +603,7 @@ fn write_response_head(out: &mut Vec<u8>, head: &[u8], close: bool) {
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // Headers named by `Connection` (more than 8 is unheard of; the rest would pass).
     let mut named: [&[u8]; 8] = [b""; 8];
     let mut n_named = 0;
     let mut has_te = false;

@@ -177,6 +177,23 @@ struct Proc {
     tail: Tail,
     /// The last lines of both streams.
     output: Tail,
+    /// The tasks copying its stdout and stderr to the log.
+    captures: Vec<JoinHandle<()>>,
+}
+
+/// How long an exit waits for the app's last output to reach the log: a grandchild that
+/// keeps the pipes open must not delay the restart.
+const LAST_OUTPUT_WAIT: Duration = Duration::from_millis(500);
+
+impl Proc {
+    /// Waits (briefly) until everything the process wrote is in the log and the tails,
+    /// so the exit is reported after its last lines, and `status` shows them.
+    async fn drain_output(&mut self) {
+        let deadline = Instant::now() + LAST_OUTPUT_WAIT;
+        for h in std::mem::take(&mut self.captures) {
+            let _ = tokio::time::timeout_at(deadline.into(), h).await;
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -231,25 +248,26 @@ fn spawn_proc(
         process::spawn(app, &launch)?
     };
     let pid = child.id().unwrap_or(0);
+    let mut captures = Vec::with_capacity(2);
     if let Some(out) = child.stdout.take() {
         let tails = vec![output.clone()];
-        tokio::spawn(capture(
+        captures.push(tokio::spawn(capture(
             out,
             ctx.log.clone(),
             ctx.cell.index,
             Stream::Out,
             tails,
-        ));
+        )));
     }
     if let Some(err) = child.stderr.take() {
         let tails = vec![tail.clone(), output.clone()];
-        tokio::spawn(capture(
+        captures.push(tokio::spawn(capture(
             err,
             ctx.log.clone(),
             ctx.cell.index,
             Stream::Err,
             tails,
-        ));
+        )));
     }
     let mut backend = None;
     let mut health = None;
@@ -287,6 +305,7 @@ fn spawn_proc(
         health,
         tail,
         output,
+        captures,
     })
 }
 
@@ -427,6 +446,7 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
                 let uptime = proc.started.elapsed();
                 // The leader is gone; whatever it left in its group goes too.
                 let rest = stop_proc(&ctx, &app, &mut proc, Stop::Dead).await;
+                proc.drain_output().await;
                 let info = match status.or(rest) {
                     Ok(st) => process::exit_info(st, uptime),
                     Err(_) => ExitInfo {
@@ -572,6 +592,7 @@ async fn blue_green(
     };
     // The new process failed: the old one keeps serving.
     let _ = stop_proc(ctx, &app, &mut new, Stop::Dead).await;
+    new.drain_output().await;
     let lines = new
         .output
         .lock()
