@@ -1029,6 +1029,74 @@ mod tests {
         assert!(!s.done());
     }
 
+    /// Any bytes from a client or an app: no panic, and the parsers stay within them.
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // xorshift64*: deterministic, so a failure reproduces.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        // Pieces that make the parsers go deep, mixed with random bytes.
+        const PIECES: [&[u8]; 14] = [
+            b"GET / HTTP/1.1\r\n",
+            b"HTTP/1.1 200 OK\r\n",
+            b"Host: h\r\n",
+            b"Content-Length: 3\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"Connection: close, x\r\n",
+            b"X-Forwarded-For: 1.2.3.4\r\n",
+            b"\r\n",
+            b"0\r\n",
+            b"5;a=b\r\nhello\r\n",
+            b"ffffffffffffffff\r\n",
+            b"\n",
+            b"\r",
+            b";",
+        ];
+        for _ in 0..20_000 {
+            let mut input = Vec::new();
+            for _ in 0..next() % 12 {
+                if next() % 3 == 0 {
+                    for _ in 0..next() % 8 {
+                        input.push(next() as u8);
+                    }
+                } else {
+                    input.extend_from_slice(PIECES[(next() % PIECES.len() as u64) as usize]);
+                }
+            }
+            let mut out = Vec::new();
+            if let Parsed::Complete(head) = parse_request(&input, "192.0.2.7", &mut out) {
+                assert!(head.len <= input.len());
+                assert!(out.ends_with(b"\r\n\r\n"));
+            }
+            if let Ok(Some(head)) = parse_response(&input, addr()) {
+                assert!(head.len <= input.len());
+                let mut out = Vec::new();
+                write_response_head(&mut out, &input[..head.len], next() % 2 == 0);
+                assert!(out.starts_with(b"HTTP/1.1 ") && out.ends_with(b"\r\n\r\n"));
+            }
+            for framing in [
+                Framing::Chunked,
+                Framing::Length(next() % 64),
+                Framing::UntilClose,
+            ] {
+                let step = 1 + (next() % 16) as usize;
+                let mut s = BodyState::new(framing);
+                for piece in input.chunks(step) {
+                    let taken = s.feed(piece);
+                    assert!(taken <= piece.len());
+                    if s.done() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn length_bodies_take_exactly_their_length() {
         let (taken, s) = feed_all(Framing::Length(5), b"helloEXTRA", 3);
