@@ -225,8 +225,8 @@ impl Default for HealthConfig {
     }
 }
 
-/// The built-in proxy's timeouts for one app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The built-in proxy's settings for one app.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxySettings {
     /// How long a request waits for a ready instance before a 503.
     pub hold: Duration,
@@ -235,6 +235,8 @@ pub struct ProxySettings {
     pub response_timeout: Duration,
     /// A client connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
+    /// Clients whose `X-Forwarded-Proto`/`-Host` are kept.
+    pub trusted_proxies: Vec<crate::proxy::IpRange>,
 }
 
 impl Default for ProxySettings {
@@ -244,6 +246,7 @@ impl Default for ProxySettings {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -96,13 +96,15 @@ pub struct RawStop {
     pub timeout: Option<Dur>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProxy {
     pub hold: Option<Dur>,
     pub connect_timeout: Option<Dur>,
     pub response_timeout: Option<Dur>,
     pub idle_timeout: Option<Dur>,
+    /// IP addresses or CIDR ranges, checked (with their positions) by validation.
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

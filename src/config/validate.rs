@@ -345,13 +345,25 @@ fn resolve_app(
         }
     };
     let pd = ProxySettings::default();
-    let proxy = match raw.proxy {
+    let proxy = match raw.proxy.clone() {
         None => pd,
         Some(p) => ProxySettings {
             hold: p.hold.map_or(pd.hold, |x| x.0),
             connect_timeout: p.connect_timeout.map_or(pd.connect_timeout, |x| x.0),
             response_timeout: p.response_timeout.map_or(pd.response_timeout, |x| x.0),
             idle_timeout: p.idle_timeout.map_or(pd.idle_timeout, |x| x.0),
+            trusted_proxies: p
+                .trusted_proxies
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|net| match net.get_ref().parse() {
+                    Ok(range) => Some(range),
+                    Err(e) => {
+                        cx.error(Some(net.span()), e, None);
+                        None
+                    }
+                })
+                .collect(),
         },
     };
     if reload == ReloadStrategy::BlueGreen && port.is_none() && raw.reload.is_some() {

@@ -1,6 +1,9 @@
 //! The knobs of one app's proxy, with production defaults. The config room resolves
 //! `windlass.toml` into this; tests shorten the timeouts.
 
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 /// Settings of one [`AppProxy`](crate::proxy::AppProxy).
@@ -22,6 +25,75 @@ pub struct ProxyConfig {
     /// On shutdown, how long `serve` waits for open client connections to finish
     /// (default 10 s).
     pub shutdown_timeout: Duration,
+    /// Clients whose `X-Forwarded-Proto` and `X-Forwarded-Host` are passed on rather than
+    /// replaced: the proxies in front of windlass (a TLS terminator, a load balancer).
+    /// Empty by default: a client could claim anything.
+    pub trusted_proxies: Vec<IpRange>,
+}
+
+impl ProxyConfig {
+    /// Whether a client at `ip` is one of the trusted proxies.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|r| r.contains(ip))
+    }
+}
+
+/// An IP address or a CIDR range: `10.0.0.0/8`, `192.0.2.7`, `::1`, `fd00::/8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Whether `ip` is in the range (an IPv4 address mapped into IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<IpRange, String> {
+        let bad = || {
+            format!(
+                "`{s}` is not an IP address or a CIDR range: write one like \"10.0.0.0/8\", \"192.0.2.7\" or \"::1\""
+            )
+        };
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+        };
+        Ok(IpRange { addr, prefix })
+    }
+}
+
+impl fmt::Display for IpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 impl Default for ProxyConfig {
@@ -34,6 +106,46 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(4),
             pool_max_idle: 256,
             shutdown_timeout: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn ranges_parse_and_match() {
+        let r: IpRange = "10.0.0.0/8".parse().expect("range");
+        assert!(r.contains(ip("10.1.2.3")));
+        assert!(
+            r.contains(ip("::ffff:10.9.9.9")),
+            "IPv4-mapped counts as IPv4"
+        );
+        assert!(!r.contains(ip("11.0.0.1")));
+        assert!(!r.contains(ip("::1")));
+        let one: IpRange = "192.0.2.7".parse().expect("address");
+        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
+        let all: IpRange = "0.0.0.0/0".parse().expect("everything");
+        assert!(all.contains(ip("203.0.113.1")));
+        let v6: IpRange = "fd00::/8".parse().expect("v6");
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        assert_eq!(v6.to_string(), "fd00::/8");
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "::1/129",
+            "host.example",
+            "10.0.0.0/x",
+        ] {
+            let e = bad.parse::<IpRange>().expect_err(bad);
+            assert!(e.contains("CIDR"), "{e}");
         }
     }
 }

@@ -107,6 +107,7 @@ enum Parsed {
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
     client_ip: &str,
+    trusted: bool,
     client: &mut TcpStream,
     buf: &mut BytesMut,
     stop: &mut watch::Receiver<bool>,
@@ -124,7 +125,7 @@ pub(crate) async fn serve(
         idle.arm();
         let head = loop {
             if !buf.is_empty() {
-                match parse_request(buf, client_ip, &mut request) {
+                match parse_request(buf, client_ip, trusted, &mut request) {
                     Parsed::Complete(head) => break head,
                     Parsed::Unsupported => return Served::Fallback,
                     Parsed::Partial if buf.len() >= MAX_HEAD => return Served::Fallback,
@@ -273,8 +274,9 @@ impl Drop for Finish<'_> {
 }
 
 /// Parses a request head at the start of `buf`; when the request is one for this path,
-/// writes the head to send upstream into `out`.
-fn parse_request(buf: &[u8], client_ip: &str, out: &mut Vec<u8>) -> Parsed {
+/// writes the head to send upstream into `out`. A `trusted` client (a proxy in front of
+/// windlass) keeps its `X-Forwarded-Proto` and `X-Forwarded-Host`.
+fn parse_request(buf: &[u8], client_ip: &str, trusted: bool, out: &mut Vec<u8>) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -295,6 +297,7 @@ fn parse_request(buf: &[u8], client_ip: &str, out: &mut Vec<u8>) -> Parsed {
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut host: Option<&[u8]> = None;
     let mut close = false;
+    let (mut kept_proto, mut kept_host) = (false, false);
     // Earlier proxies' addresses, in order; the client's is appended.
     let mut forwarded: [&[u8]; 8] = [b""; 8];
     let mut n_forwarded = 0;
@@ -318,13 +321,16 @@ fn parse_request(buf: &[u8], client_ip: &str, out: &mut Vec<u8>) -> Parsed {
                 }
             }
             continue;
-        } else if n("keep-alive")
-            || n("proxy-connection")
-            || n("te")
-            || n("trailer")
-            || n("x-forwarded-proto")
-            || n("x-forwarded-host")
-        {
+        } else if n("x-forwarded-proto") || n("x-forwarded-host") {
+            if !trusted {
+                continue;
+            }
+            if n("x-forwarded-proto") {
+                kept_proto = true;
+            } else {
+                kept_host = true;
+            }
+        } else if n("keep-alive") || n("proxy-connection") || n("te") || n("trailer") {
             continue;
         } else if n("host") {
             if host.is_some() {
@@ -353,9 +359,16 @@ fn parse_request(buf: &[u8], client_ip: &str, out: &mut Vec<u8>) -> Parsed {
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(client_ip.as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
-    out.extend_from_slice(host);
-    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
+    if !kept_proto {
+        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    }
+    if !kept_host {
+        out.extend_from_slice(b"x-forwarded-host: ");
+        out.extend_from_slice(host);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
     Parsed::Complete(RequestHead {
         len,
         head_only: method == "HEAD",
@@ -863,7 +876,7 @@ mod tests {
 
     fn parse(raw: &str) -> (Parsed, String) {
         let mut out = Vec::new();
-        let p = parse_request(raw.as_bytes(), "192.0.2.7", &mut out);
+        let p = parse_request(raw.as_bytes(), "192.0.2.7", false, &mut out);
         (p, String::from_utf8(out).expect("utf8"))
     }
 
@@ -902,6 +915,23 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_trusted_proxy_keeps_its_forwarded_proto_and_host() {
+        let raw = "GET / HTTP/1.1\r\nHost: internal\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: example.com\r\n\r\n";
+        let mut out = Vec::new();
+        assert!(matches!(
+            parse_request(raw.as_bytes(), "10.0.0.1", true, &mut out),
+            Parsed::Complete(_)
+        ));
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "GET / HTTP/1.1\r\nHost: internal\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: example.com\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
+        );
+        let (_, out) = parse(raw);
+        assert!(out.ends_with("x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: internal\r\n\r\n"), "{out}");
+        assert!(!out.contains("https"), "{out}");
     }
 
     #[test]
@@ -1069,7 +1099,9 @@ mod tests {
                 }
             }
             let mut out = Vec::new();
-            if let Parsed::Complete(head) = parse_request(&input, "192.0.2.7", &mut out) {
+            if let Parsed::Complete(head) =
+                parse_request(&input, "192.0.2.7", next() % 2 == 0, &mut out)
+            {
                 assert!(head.len <= input.len());
                 assert!(out.ends_with(b"\r\n\r\n"));
             }

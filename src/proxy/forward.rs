@@ -50,14 +50,16 @@ const RETRY_AFTER: HeaderValue = HeaderValue::from_static("5");
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     client_ip: HeaderValue,
+    trusted: bool,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
-    Ok(proxy(shared, client_ip, req).await)
+    Ok(proxy(shared, client_ip, trusted, req).await)
 }
 
 async fn proxy(
     shared: Arc<Shared>,
     client_ip: HeaderValue,
+    trusted: bool,
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
@@ -66,7 +68,7 @@ async fn proxy(
     let upgrade = headers::upgrade_protocol(req.headers());
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    headers::prepare_request(&mut parts, &client_ip, upgrade);
+    headers::prepare_request(&mut parts, &client_ip, upgrade, trusted);
     let (body, body_end) = RequestBody::new(body);
     let req = Request::from_parts(parts, body);
 

@@ -3,8 +3,8 @@
 //! `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) describe one
 //! connection and are removed in both directions; an upgrade request keeps
 //! `Connection: upgrade` + `Upgrade` so the app can switch protocols. Requests gain
-//! `X-Forwarded-For` (appended), `X-Forwarded-Proto` and `X-Forwarded-Host`; `Host` is
-//! preserved. The common case allocates nothing: the names are static and the client
+//! `X-Forwarded-For` (appended), `X-Forwarded-Proto` and `X-Forwarded-Host` (kept as
+//! they came when the client is a trusted proxy); `Host` is preserved. The common case allocates nothing: the names are static and the client
 //! address is formatted once per connection.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -90,6 +90,7 @@ pub(crate) fn prepare_request(
     parts: &mut http::request::Parts,
     client_ip: &HeaderValue,
     upgrade: Option<HeaderValue>,
+    trusted: bool,
 ) {
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
@@ -119,13 +120,18 @@ pub(crate) fn prepare_request(
     parts.version = Version::HTTP_11;
 
     append_forwarded_for(headers, client_ip);
-    headers.insert(X_FORWARDED_PROTO, HTTP);
-    match headers.get(header::HOST).cloned() {
-        Some(host) => {
-            headers.insert(X_FORWARDED_HOST, host);
-        }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
+    // A trusted proxy in front of windlass knows the original scheme and host.
+    if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HTTP);
+    }
+    if !(trusted && headers.contains_key(X_FORWARDED_HOST)) {
+        match headers.get(header::HOST).cloned() {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host);
+            }
+            None => {
+                headers.remove(X_FORWARDED_HOST);
+            }
         }
     }
 }
@@ -180,6 +186,26 @@ mod tests {
     }
 
     #[test]
+    fn only_a_trusted_proxy_keeps_its_forwarded_proto_and_host() {
+        let headers = [
+            ("host", "internal:8080"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "example.com"),
+        ];
+        let mut p = request(&headers, "/");
+        prepare_request(&mut p, &ip(), None, true);
+        assert_eq!(p.headers["x-forwarded-proto"], "https");
+        assert_eq!(p.headers["x-forwarded-host"], "example.com");
+        let mut p = request(&headers, "/");
+        prepare_request(&mut p, &ip(), None, false);
+        assert_eq!(p.headers["x-forwarded-proto"], "http");
+        assert_eq!(p.headers["x-forwarded-host"], "internal:8080");
+        let mut p = request(&[("host", "h")], "/");
+        prepare_request(&mut p, &ip(), None, true);
+        assert_eq!(p.headers["x-forwarded-proto"], "http", "set when absent");
+    }
+
+    #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut p = request(
             &[
@@ -196,7 +222,7 @@ mod tests {
             ],
             "/a?b=c",
         );
-        prepare_request(&mut p, &ip(), None);
+        prepare_request(&mut p, &ip(), None, false);
         for gone in [
             "connection",
             "x-secret",
@@ -227,7 +253,7 @@ mod tests {
             ],
             "/",
         );
-        prepare_request(&mut p, &ip(), None);
+        prepare_request(&mut p, &ip(), None, false);
         assert_eq!(
             p.headers["x-forwarded-for"],
             "10.0.0.1, 10.0.0.2, 192.0.2.7"
@@ -250,7 +276,7 @@ mod tests {
             proto.as_ref().map(|v| v.as_bytes()),
             Some(&b"websocket"[..])
         );
-        prepare_request(&mut p, &ip(), proto);
+        prepare_request(&mut p, &ip(), proto, false);
         assert_eq!(p.headers["connection"], "upgrade");
         assert_eq!(p.headers["upgrade"], "websocket");
     }
@@ -266,7 +292,7 @@ mod tests {
     #[test]
     fn absolute_form_becomes_origin_form() {
         let mut p = request(&[], "http://example.test:8080/x?y");
-        prepare_request(&mut p, &ip(), None);
+        prepare_request(&mut p, &ip(), None, false);
         assert_eq!(p.uri, "/x?y");
         assert_eq!(p.headers["host"], "example.test:8080");
     }
@@ -274,7 +300,7 @@ mod tests {
     #[test]
     fn odd_connection_tokens_do_not_panic() {
         let mut p = request(&[("connection", ",, ,\t, bad header name ,")], "/");
-        prepare_request(&mut p, &ip(), None);
+        prepare_request(&mut p, &ip(), None, false);
         assert!(!p.headers.contains_key("connection"));
     }
 

@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub use crate::proxy::backend::BackendId;
-pub use crate::proxy::config::ProxyConfig;
+pub use crate::proxy::config::{IpRange, ProxyConfig};
 pub use crate::proxy::drain::DrainReport;
 pub use crate::proxy::error::{Fault, ProxyError};
 pub use crate::proxy::metrics::{

@@ -132,8 +132,9 @@ impl Connection {
         // connection, with what was read of it, to hyper.
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let ip = client_ip.to_str().unwrap_or("unknown");
+        let trusted = shared.cfg.trusts(peer.ip());
         if let fast::Served::Closed =
-            fast::serve(&shared, ip, &mut stream, &mut buf, &mut stop).await
+            fast::serve(&shared, ip, trusted, &mut stream, &mut buf, &mut stop).await
         {
             return;
         }
@@ -141,8 +142,9 @@ impl Connection {
             prefix: buf,
             inner: stream,
         };
-        let service =
-            service_fn(move |req| forward::handle(Arc::clone(&shared), client_ip.clone(), req));
+        let service = service_fn(move |req| {
+            forward::handle(Arc::clone(&shared), client_ip.clone(), trusted, req)
+        });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();

@@ -646,6 +646,7 @@ fn proxy_config(app: &AppConfig) -> ProxyConfig {
         connect_timeout: app.proxy.connect_timeout,
         response_timeout: app.proxy.response_timeout,
         idle_timeout: app.proxy.idle_timeout,
+        trusted_proxies: app.proxy.trusted_proxies.clone(),
         ..ProxyConfig::default()
     }
 }

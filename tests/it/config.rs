@@ -28,6 +28,15 @@ fn bad_values_are_reported_where_they_stand() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("windlass.toml:3:20"), "{err}");
     assert!(err.contains("invalid duration"), "{err}");
+
+    let p = Project::new(
+        "[app.web]\ncommand = \"x\"\nproxy = { trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"] }\n",
+    );
+    let o = p.run(&["check"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("windlass.toml:3:44"), "{err}");
+    assert!(err.contains("not an IP address or a CIDR range"), "{err}");
 }
 
 #[test]

@@ -1152,3 +1152,58 @@ async fn plain_path_head_deadline_is_not_extended_by_trickling_bytes() {
         .await
         .expect("the proxy closes a head that never ends");
 }
+
+#[tokio::test]
+async fn only_trusted_proxies_pass_on_their_forwarded_proto_and_host() {
+    let up = Upstream::start("a").await;
+    for trusted in [false, true] {
+        let (proxy, addr) = start_proxy(ProxyConfig {
+            trusted_proxies: if trusted {
+                vec!["127.0.0.0/8".parse().expect("range")]
+            } else {
+                vec!["10.0.0.0/8".parse().expect("range")]
+            },
+            ..quick_cfg()
+        })
+        .await;
+        add_ready(&proxy, &up);
+        let mut tx = client(addr).await;
+        // A plain GET (raw path), then a request with a body (hyper path).
+        for body in ["", "a body"] {
+            let req = Request::builder()
+                .method(if body.is_empty() { "GET" } else { "POST" })
+                .uri("/headers")
+                .header("host", "internal:8080")
+                .header("x-forwarded-proto", "https")
+                .header("x-forwarded-host", "example.com")
+                .header("x-forwarded-for", "203.0.113.9")
+                .body(Full::new(Bytes::from(body)).boxed())
+                .expect("request");
+            let (status, _, echoed) = send(&mut tx, req).await;
+            assert_eq!(status, StatusCode::OK);
+            let lines: Vec<&str> = echoed.lines().collect();
+            let want: &[&str] = if trusted {
+                &["x-forwarded-proto: https", "x-forwarded-host: example.com"]
+            } else {
+                &["x-forwarded-proto: http", "x-forwarded-host: internal:8080"]
+            };
+            for w in want
+                .iter()
+                .chain(&["x-forwarded-for: 203.0.113.9, 127.0.0.1"])
+            {
+                assert!(
+                    lines.contains(w),
+                    "trusted={trusted} body={body:?}: missing {w:?} in {lines:?}"
+                );
+            }
+            assert_eq!(
+                lines
+                    .iter()
+                    .filter(|l| l.starts_with("x-forwarded-proto:"))
+                    .count(),
+                1,
+                "{lines:?}"
+            );
+        }
+    }
+}
