@@ -6,14 +6,16 @@
 //! is done the upstream connection goes back to the pool, the instance's in-flight count
 //! drops (which is what a drain waits for) and status and latency are recorded.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::proxy::Shared;
 use crate::proxy::backend::InFlight;
@@ -149,7 +151,16 @@ enum Kind {
 pub(crate) struct ResponseBody {
     kind: Kind,
     done: Completion,
+    /// Fires when the app pauses longer than `response_timeout` between two parts of
+    /// its body (made at the first pause, moved after each part that arrived).
+    stall: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
 }
+
+/// The app stopped sending its response body.
+#[derive(Debug, thiserror::Error)]
+#[error("the app sent nothing of its response body for {}ms", .0.as_millis())]
+pub(crate) struct BodyStalled(Duration);
 
 impl ResponseBody {
     /// The app's body; `conn` goes back to the pool if the body is read to its end.
@@ -165,6 +176,8 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Upstream(body),
             done,
+            stall: None,
+            progressed: false,
         }
     }
 
@@ -175,18 +188,20 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
             done,
+            stall: None,
+            progressed: false,
         }
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -195,7 +210,32 @@ impl Body for ResponseBody {
                 if let Some((_, Some(conn))) = this.done.upstream.as_mut() {
                     conn.poll_conn(cx);
                 }
-                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+                let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) else {
+                    // A pause: the app has `response_timeout` to send the next part.
+                    let within = this.done.shared.cfg.response_timeout;
+                    let stall = this
+                        .stall
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(within)));
+                    if std::mem::take(&mut this.progressed) {
+                        if let Some(at) = Instant::now().checked_add(within) {
+                            stall.as_mut().reset(at);
+                        }
+                    }
+                    if stall.as_mut().poll(cx).is_ready() {
+                        this.done
+                            .shared
+                            .metrics
+                            .upstream_error(UpstreamCause::ResponseTimeout);
+                        tracing::warn!(app = %this.done.shared.app, "the app stopped sending a response body for {}ms; closing the client connection", within.as_millis());
+                        if let Some((_, conn)) = this.done.upstream.as_mut() {
+                            *conn = None;
+                        }
+                        return Poll::Ready(Some(Err(Box::new(BodyStalled(within)))));
+                    }
+                    return Poll::Pending;
+                };
+                this.progressed = true;
+                let frame = frame.map(|f| f.map_err(Self::Error::from));
                 match &frame {
                     None => this.done.ended = true,
                     Some(Ok(_)) => this.done.ended = body.is_end_stream(),

@@ -162,7 +162,7 @@ pub(crate) async fn serve(
                 note_error(shared, &e);
                 finish.status = e.status().as_u16();
                 error_page(&mut response, shared, &e, head.close);
-                if client.write_all(&response).await.is_err() {
+                if send_all(client, &response, &mut idle).await.is_err() {
                     return Served::Closed;
                 }
                 finish.delivered = true;
@@ -196,14 +196,25 @@ pub(crate) async fn serve(
         if !ubuf.is_empty() && body.done() {
             reusable = false; // bytes beyond the response: do not trust the connection
         }
-        if client.write_all(&response).await.is_err() {
+        if send_all(client, &response, &mut idle).await.is_err() {
             return Served::Closed;
         }
-        // The rest of the body.
+        // The rest of the body: the app may pause at most `response_timeout` between two
+        // reads (nginx's proxy_read_timeout), the client `idle_timeout` per write.
         while !body.done() {
             ubuf.clear();
             ubuf.reserve(BODY_CHUNK);
-            match upstream.read_buf(&mut ubuf).await {
+            respond.arm();
+            let read = tokio::select! {
+                biased;
+                r = upstream.read_buf(&mut ubuf) => r,
+                () = respond.sleep.as_mut() => {
+                    shared.metrics.upstream_error(UpstreamCause::ResponseTimeout);
+                    tracing::warn!(app = %shared.app, backend = %guard.backend().id, "the app stopped sending a response body for {}ms; closing the client connection", respond.within.as_millis());
+                    return Served::Closed;
+                }
+            };
+            match read {
                 Ok(0) if body.until_close() => {
                     body.close();
                     reusable = false;
@@ -218,7 +229,7 @@ pub(crate) async fn serve(
                     if taken < ubuf.len() {
                         reusable = false;
                     }
-                    if client.write_all(&ubuf[..taken]).await.is_err() {
+                    if send_all(client, &ubuf[..taken], &mut idle).await.is_err() {
                         return Served::Closed;
                     }
                 }
@@ -242,6 +253,18 @@ pub(crate) async fn serve(
             let _ = client.shutdown().await;
             return Served::Closed;
         }
+    }
+}
+
+/// Writes all of `bytes` to the client, which must take each part within the deadline
+/// (a client that stops reading does not hold the connection, the app's connection and
+/// the instance's in-flight count for ever).
+async fn send_all(client: &mut TcpStream, bytes: &[u8], deadline: &mut Deadline) -> io::Result<()> {
+    deadline.arm();
+    tokio::select! {
+        biased;
+        r = client.write_all(bytes) => r,
+        () = deadline.sleep.as_mut() => Err(io::ErrorKind::TimedOut.into()),
     }
 }
 

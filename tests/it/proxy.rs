@@ -1207,3 +1207,60 @@ async fn only_trusted_proxies_pass_on_their_forwarded_proto_and_host() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_app_that_stops_sending_its_body_is_cut_off_after_the_response_timeout() {
+    // The same partial response for a plain GET (raw path) and a POST (hyper path).
+    const PARTIAL: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+    ] {
+        let (up, _stats) = scripted_upstream(vec![vec![Act::Reply(PARTIAL)]]).await;
+        let (proxy, addr) = start_proxy(ProxyConfig {
+            response_timeout: Duration::from_millis(300),
+            ..quick_cfg()
+        })
+        .await;
+        let id = proxy.add_backend(up);
+        assert!(proxy.set_ready(id, true));
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(request).await.expect("write");
+        let mut got = Vec::new();
+        // Without the body timeout this would wait for ever (the app keeps its socket open).
+        let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+            .await
+            .expect("the proxy closes the stalled response");
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK") && got.ends_with("hello"),
+            "{got}"
+        );
+        assert_eq!(proxy.metrics().upstream_errors.response_timeout, 1, "{got}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_hold_the_instance() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(ProxyConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..quick_cfg()
+    })
+    .await;
+    add_ready(&proxy, &up);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // 1 GiB that the client never reads: the socket buffers fill and the writes stall.
+    s.write_all(b"GET /download/1073741824 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    wait_until("the request reached the app", || {
+        up.stats.started.load(SeqCst) == 1
+    })
+    .await;
+    wait_until("the stalled client was let go", || {
+        proxy.backends().iter().all(|b| b.in_flight == 0)
+    })
+    .await;
+    drop(s);
+}
