@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Sleep;
 
 use crate::proxy::Shared;
 use crate::proxy::workers::Workers;
@@ -141,6 +142,9 @@ impl Connection {
         let stream = Prefixed {
             prefix: buf,
             inner: stream,
+            write_stall: shared.cfg.idle_timeout,
+            stall: None,
+            progressed: false,
         };
         let service = service_fn(move |req| {
             forward::handle(Arc::clone(&shared), client_ip.clone(), trusted, req)
@@ -163,9 +167,52 @@ impl Connection {
 }
 
 /// A client connection whose first bytes were already read (by the plain-request path).
+/// A write the client does not take within `write_stall` (it stopped reading) fails, so
+/// such a client cannot hold the connection, the app's connection and a drain for ever.
 struct Prefixed {
     prefix: BytesMut,
     inner: TcpStream,
+    write_stall: Duration,
+    /// Made at the first write that has to wait, moved after each write that went through.
+    stall: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
+}
+
+impl Prefixed {
+    /// After a write that could not go through: fails once the client has taken nothing
+    /// for `write_stall`.
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let within = self.write_stall;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(within)));
+        if std::mem::take(&mut self.progressed) {
+            if let Some(at) = tokio::time::Instant::now().checked_add(within) {
+                stall.as_mut().reset(at);
+            }
+        }
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing of the response within the idle timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn wrote(
+        &mut self,
+        r: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(r) => {
+                self.progressed = true;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.poll_stall(cx),
+        }
+    }
 }
 
 impl AsyncRead for Prefixed {
@@ -190,7 +237,9 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(r, cx)
     }
 
     fn poll_write_vectored(
@@ -198,7 +247,9 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(r, cx)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1242,25 +1242,33 @@ async fn an_app_that_stops_sending_its_body_is_cut_off_after_the_response_timeou
 
 #[tokio::test]
 async fn a_client_that_stops_reading_does_not_hold_the_instance() {
-    let up = Upstream::start("a").await;
-    let (proxy, addr) = start_proxy(ProxyConfig {
-        idle_timeout: Duration::from_millis(300),
-        ..quick_cfg()
-    })
-    .await;
-    add_ready(&proxy, &up);
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    // 1 GiB that the client never reads: the socket buffers fill and the writes stall.
-    s.write_all(b"GET /download/1073741824 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    wait_until("the request reached the app", || {
-        up.stats.started.load(SeqCst) == 1
-    })
-    .await;
-    wait_until("the stalled client was let go", || {
-        proxy.backends().iter().all(|b| b.in_flight == 0)
-    })
-    .await;
-    drop(s);
+    // A plain GET (raw path), then a POST (hyper path), each for 1 GiB that the client
+    // never reads: the socket buffers fill and the proxy's writes stall.
+    for (n, request) in [
+        &b"GET /download/1073741824 HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"POST /download/1073741824 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let up = Upstream::start("a").await;
+        let (proxy, addr) = start_proxy(ProxyConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..quick_cfg()
+        })
+        .await;
+        add_ready(&proxy, &up);
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(request).await.expect("write");
+        wait_until("the request reached the app", || {
+            up.stats.started.load(SeqCst) == 1
+        })
+        .await;
+        wait_until(
+            &format!("request {n}: the stalled client was let go"),
+            || proxy.backends().iter().all(|b| b.in_flight == 0),
+        )
+        .await;
+        drop(s);
+    }
 }
