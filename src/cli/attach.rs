@@ -108,12 +108,16 @@ pub async fn run(args: Args) -> Result {
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    let path = format!(
+    let tty = std::io::stdin().is_terminal();
+    let mut path = format!(
         "/v1/apps/{}/console?instance={}&read_only={}",
         super::ctl::urlencode(&args.app),
         args.instance,
         args.read_only
     );
+    if let Some((rows, cols)) = window_size().filter(|_| tty) {
+        path.push_str(&format!("&rows={rows}&cols={cols}"));
+    }
     let req = Request::builder()
         .method(Method::GET)
         .uri(path)
@@ -142,8 +146,17 @@ pub async fn run(args: Args) -> Result {
     let upgraded = hyper::upgrade::on(resp).await.map_err(transport)?;
     let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
 
-    let tty = std::io::stdin().is_terminal();
     let nl = if tty { "\r\n" } else { "\n" };
+    if tty && writer {
+        follow_window_size(
+            crate::control::client::Client::new(c.socket()),
+            format!(
+                "/v1/apps/{}/console/size?instance={}",
+                super::ctl::urlencode(&args.app),
+                args.instance
+            ),
+        );
+    }
     let _raw = if tty {
         Some(RawMode::enter().map_err(|e| {
             CliError::new(
@@ -216,4 +229,37 @@ pub async fn run(args: Args) -> Result {
     drop(_raw);
     eprint!("{nl}[{reason}; {} keeps running]{nl}", args.app);
     Ok(exit::OK)
+}
+
+/// The size (rows, columns) of the terminal on stdin, if it is one.
+fn window_size() -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` through a valid pointer; fd 0 is stdin.
+    let r = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
+    (r == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Passes the local window's new size to the app's terminal whenever it changes
+/// (`SIGWINCH`), for as long as the command runs.
+fn follow_window_size(client: crate::control::client::Client, path: String) {
+    let Ok(mut winch) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+    else {
+        return;
+    };
+    tokio::spawn(async move {
+        while winch.recv().await.is_some() {
+            if let Some((rows, cols)) = window_size() {
+                // The console keeps working at the old size if this fails.
+                let _ = client
+                    .send(Method::POST, &format!("{path}&rows={rows}&cols={cols}"))
+                    .await;
+            }
+        }
+    });
 }

@@ -3,7 +3,9 @@
 //! 64 KiB of console output, then everything the app writes; bytes from the client are typed
 //! into the app's terminal when this viewer holds the keyboard (the first viewer that asked
 //! for it; the answer's `windlass-console-role` header says `writer` or `viewer`). Closing
-//! the stream detaches; the app keeps running.
+//! the stream detaches; the app keeps running. `rows` and `cols` give the writer's window
+//! size; `POST /v1/apps/{app}/console/size?instance=N&rows=R&cols=C` changes it later
+//! (the app gets `SIGWINCH`).
 
 use axum::extract::{Path as UrlPath, Query, Request, State as AxState};
 use axum::http::{StatusCode, header};
@@ -27,6 +29,43 @@ pub struct ConsoleQuery {
     pub instance: u32,
     #[serde(default)]
     pub read_only: bool,
+    /// The viewer's window, when it has one.
+    pub rows: Option<u16>,
+    pub cols: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SizeQuery {
+    #[serde(default)]
+    pub instance: u32,
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Resizes an instance's console terminal.
+pub async fn resize(
+    AxState(ctx): AxState<Ctx>,
+    UrlPath(app): UrlPath<String>,
+    Query(q): Query<SizeQuery>,
+) -> Response {
+    let valid = 1..=crate::supervisor::console::MAX_SIZE;
+    if !(valid.contains(&q.rows) && valid.contains(&q.cols)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid console size {}x{}", q.rows, q.cols),
+            Some(format!(
+                "rows and cols are each from 1 to {}",
+                crate::supervisor::console::MAX_SIZE
+            )),
+        );
+    }
+    match ctx.supervisor.console(&app, q.instance) {
+        Ok(console) => {
+            console.resize(q.rows, q.cols);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => sup_error(e),
+    }
 }
 
 pub async fn attach(
@@ -68,6 +107,9 @@ pub async fn attach(
         );
     }
     let viewer = console.attach(!q.read_only);
+    if let (Some(rows), Some(cols)) = (q.rows, q.cols) {
+        viewer.resize(rows, cols);
+    }
     let role = if viewer.writer { "writer" } else { "viewer" };
     let on_upgrade = hyper::upgrade::on(req);
     let stopped = ctx.stopped.clone();

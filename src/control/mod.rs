@@ -40,6 +40,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/logs", get(logs))
         .route("/v1/apps/{app}", get(app_status))
         .route("/v1/apps/{app}/console", get(console::attach))
+        .route("/v1/apps/{app}/console/size", post(console::resize))
         .route("/v1/apps/{app}/{action}", post(app_action))
         .route("/v1/down", post(down))
         .fallback(not_found)

@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +39,13 @@ pub struct Console {
     /// The viewer that may type.
     writer: Mutex<Option<u64>>,
     next_viewer: AtomicU64,
+    /// The terminal's size (rows, columns): the typing viewer's window, 24×80 until one
+    /// says otherwise; a restarted process gets it too.
+    size: Mutex<(u16, u16)>,
 }
+
+/// Largest terminal accepted, in rows or columns.
+pub const MAX_SIZE: u16 = 10_000;
 
 impl std::fmt::Debug for Console {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,6 +63,7 @@ impl Default for Console {
             input: Mutex::new(None),
             writer: Mutex::new(None),
             next_viewer: AtomicU64::new(1),
+            size: Mutex::new((24, 80)),
         }
     }
 }
@@ -87,6 +94,13 @@ impl Drop for Viewer {
 }
 
 impl Viewer {
+    /// The typing viewer's window changed size (ignored for read-only viewers).
+    pub fn resize(&self, rows: u16, cols: u16) {
+        if self.writer {
+            self.console.resize(rows, cols);
+        }
+    }
+
     /// Sends keystrokes to the app (ignored for read-only viewers or with no process).
     pub fn input(&self, data: &[u8]) -> std::io::Result<()> {
         if !self.writer {
@@ -101,6 +115,33 @@ impl Viewer {
 }
 
 impl Console {
+    /// Sets the terminal's size (each clamped to 1..=[`MAX_SIZE`]); the app gets
+    /// `SIGWINCH`, as in a terminal emulator.
+    pub fn resize(&self, rows: u16, cols: u16) {
+        let (rows, cols) = (rows.clamp(1, MAX_SIZE), cols.clamp(1, MAX_SIZE));
+        *self.size.lock().unwrap_or_else(|p| p.into_inner()) = (rows, cols);
+        let input = self.input.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(master) = input.as_ref() {
+            let ws = libc::winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ reads one `winsize` from a valid pointer; the fd is the
+            // PTY master this console owns (open while the lock is held).
+            let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+            if r < 0 {
+                tracing::debug!(error = %std::io::Error::last_os_error(), "cannot resize the console");
+            }
+        }
+    }
+
+    /// The terminal's size (rows, columns).
+    pub fn size(&self) -> (u16, u16) {
+        *self.size.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Attaches a viewer: it gets the replay and the output from now on, and the keyboard
     /// when it wants it and nobody else has it.
     pub fn attach(self: &Arc<Self>, want_keyboard: bool) -> Viewer {
@@ -144,10 +185,11 @@ pub fn spawn(
     log: Arc<AppLog>,
     tail: Arc<Mutex<VecDeque<String>>>,
 ) -> std::io::Result<Child> {
+    let (rows, cols) = console.size();
     let pty = nix::pty::openpty(
         Some(&nix::pty::Winsize {
-            ws_row: 24,
-            ws_col: 80,
+            ws_row: rows,
+            ws_col: cols,
             ws_xpixel: 0,
             ws_ypixel: 0,
         }),

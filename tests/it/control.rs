@@ -145,3 +145,63 @@ fn up_detached_reports_an_app_that_fails() {
     let o = p.run(&["down"]);
     assert!(o.status.success());
 }
+
+#[test]
+fn attach_gives_the_app_the_terminal_size_and_follows_it() {
+    use std::io::Write;
+    let p = Project::new(
+        "[app.sh]\ncommand = [\"sh\", \"-c\", \"while read l; do stty size; done\"]\nconsole = true\n",
+    );
+    let _sup = p.up(&[]);
+    wait_for("the app to run", DEADLINE, || {
+        p.instance("sh", 0)["pid"].as_i64()
+    });
+    let (mut master, slave) = pty(50, 132);
+    let mut child = p
+        .cmd(&["attach", "sh"])
+        .stdin(std::process::Stdio::from(slave.try_clone().expect("dup")))
+        .stdout(std::process::Stdio::from(slave.try_clone().expect("dup")))
+        .stderr(std::process::Stdio::from(slave))
+        .spawn()
+        .expect("spawn attach");
+    let mut seen = String::new();
+    wait_for("the attach banner", DEADLINE, || {
+        read_until(&mut master, &mut seen, 0, "detach with Ctrl-]")
+    });
+    let from = seen.len();
+    master.write_all(b"x\r").expect("type");
+    wait_for("the app to see the window's size", DEADLINE, || {
+        read_until(&mut master, &mut seen, from, "50 132")
+    });
+    // The window shrinks: the terminal says so with SIGWINCH, attach passes it on.
+    let size = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize; the fd is this test's PTY master.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&master),
+            libc::TIOCSWINSZ,
+            &size,
+        )
+    };
+    assert_eq!(r, 0, "resize the test terminal");
+    let attach = nix::unistd::Pid::from_raw(child.id() as i32);
+    let from = seen.len();
+    wait_for("the app to see the new size", DEADLINE, || {
+        // attach is not this terminal's foreground process: send its SIGWINCH by hand,
+        // then ask the app again, until the new size shows.
+        let _ = nix::sys::signal::kill(attach, nix::sys::signal::Signal::SIGWINCH);
+        let _ = master.write_all(b"x\r");
+        read_until(&mut master, &mut seen, from, "40 100")
+    });
+    master.write_all(&[0x1d]).expect("Ctrl-]");
+    let status = wait_for("attach to exit", DEADLINE, || {
+        let _ = read_until(&mut master, &mut seen, 0, "");
+        child.try_wait().expect("try_wait")
+    });
+    assert_eq!(status.code(), Some(0), "{seen}");
+}

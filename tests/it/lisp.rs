@@ -420,43 +420,15 @@ fn a_built_release_runs_without_the_sources() {
     assert_eq!(p.instance("hello", 0)["last_exit"]["signal"], "SIGKILL");
 }
 
-/// Reads what the PTY master has until `needle` shows up after `from`.
-fn read_until(
-    master: &mut std::fs::File,
-    seen: &mut String,
-    from: usize,
-    needle: &str,
-) -> Option<()> {
-    let mut buf = [0u8; 4096];
-    match master.read(&mut buf) {
-        Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-        _ => {}
-    }
-    seen[from.min(seen.len())..].contains(needle).then_some(())
-}
-
 #[test]
 fn attach_reaches_the_lisp_repl_and_detaches_with_ctrl_bracket() {
-    use std::os::fd::AsRawFd;
     let port = free_port();
     let p = hello_lisp(port, "");
     let _sup = p.up(&[]);
     wait_healthy(&p, port);
     let pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
 
-    let pty = nix::pty::openpty(None, None).expect("openpty");
-    let mut master = std::fs::File::from(pty.master);
-    // Non-blocking reads so every wait has a deadline.
-    // SAFETY: plain fcntl on an fd this test owns.
-    unsafe {
-        let fd = master.as_raw_fd();
-        libc::fcntl(
-            fd,
-            libc::F_SETFL,
-            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
-        );
-    }
-    let slave = pty.slave;
+    let (mut master, slave) = pty(24, 80);
     let mut child = p
         .cmd(&["attach", "hello"])
         .stdin(std::process::Stdio::from(slave.try_clone().expect("dup")))

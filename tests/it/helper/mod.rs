@@ -374,3 +374,41 @@ impl Drop for Project {
         }
     }
 }
+
+/// Reads what the PTY master has until `needle` shows up after `from`.
+pub fn read_until(
+    master: &mut std::fs::File,
+    seen: &mut String,
+    from: usize,
+    needle: &str,
+) -> Option<()> {
+    let mut buf = [0u8; 4096];
+    match master.read(&mut buf) {
+        Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        _ => {}
+    }
+    seen[from.min(seen.len())..].contains(needle).then_some(())
+}
+
+/// A PTY whose master reads without blocking (every wait has a deadline), `rows`×`cols`.
+pub fn pty(rows: u16, cols: u16) -> (std::fs::File, std::os::fd::OwnedFd) {
+    use std::os::fd::AsRawFd;
+    let size = nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    let master = std::fs::File::from(pty.master);
+    // SAFETY: plain fcntl on an fd this test owns.
+    unsafe {
+        let fd = master.as_raw_fd();
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        );
+    }
+    (master, pty.slave)
+}
