@@ -76,6 +76,7 @@ pub(super) fn from_toml(file: &Path, root: &Path, text: &str) -> Result<Config, 
             apps.push((span.start, app));
         }
     }
+    check_across_apps(&mut cx, &raw, &ports, &apps);
     if raw.app.is_empty() {
         cx.error(
             None,
@@ -445,6 +446,62 @@ struct LispCtx<'a> {
     stop: &'a StopConfig,
     console: bool,
     shell: bool,
+}
+
+/// Checks that need every app resolved: swank ports (one per instance) must not collide
+/// with public ports or each other, and a Lisp app on a console must not stop on SIGINT
+/// (in the REPL it only aborts the current form, so every stop would end in SIGKILL).
+fn check_across_apps(
+    cx: &mut Ctx<'_>,
+    raw: &RawConfig,
+    ports: &BTreeMap<u16, String>,
+    apps: &[(usize, AppConfig)],
+) {
+    let mut taken: BTreeMap<u32, String> = ports
+        .iter()
+        .map(|(p, app)| (u32::from(*p), format!("the port of app `{app}`")))
+        .collect();
+    for (_, app) in apps {
+        let Some(raw_app) = raw.app.get(&app.name) else {
+            continue;
+        };
+        if let (Some(lisp), Some(span)) = (&app.lisp, raw_app.get_ref().swank_port.as_ref()) {
+            for i in 0..app.instances {
+                let Some(base) = lisp.swank_port else { break };
+                let port = u32::from(base) + i;
+                let what = format!("the swank port of app `{}` instance {i}", app.name);
+                if port > u32::from(u16::MAX) {
+                    cx.error(
+                        Some(span.span()),
+                        format!("{what} would be {port}, past 65535"),
+                        Some("instance i uses swank_port + i: pick a lower swank_port".into()),
+                    );
+                    break;
+                }
+                if let Some(other) = taken.insert(port, what.clone()) {
+                    cx.error(
+                        Some(span.span()),
+                        format!("port {port} is both {other} and {what}"),
+                        Some(
+                            "instance i uses swank_port + i: pick a swank_port whose range is free"
+                                .into(),
+                        ),
+                    );
+                }
+            }
+        }
+        if app.lisp.is_some() && app.console && app.stop.signal == nix::sys::signal::Signal::SIGINT
+        {
+            cx.error(
+                Some(raw_app.span()),
+                format!(
+                    "app `{}` is a Lisp app on a console: stop.signal = \"SIGINT\" only aborts the REPL's current form, so every stop would end in SIGKILL",
+                    app.name
+                ),
+                Some("leave stop.signal at SIGTERM (windlass's Lisp runtime stops the server cleanly on it), or set console = false".into()),
+            );
+        }
+    }
 }
 
 /// Resolves `lisp`, `swank_port`, `reload_eval`, `release` and `keep_releases`. Returns the

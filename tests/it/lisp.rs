@@ -103,6 +103,18 @@ fn lisp_config_errors_name_the_key_and_the_fix() {
             "[app.a]\nlisp = { system = \"s\", entry = \"s:main\" }\nreload_eval = \"(foo\"\n",
             "not one readable Lisp form",
         ),
+        (
+            "[app.a]\nlisp = { system = \"s\", entry = \"s:main\" }\nstop = { signal = \"SIGINT\" }\n",
+            "only aborts the REPL's current form",
+        ),
+        (
+            "[app.a]\nlisp = { system = \"s\", entry = \"s:main\" }\nswank_port = 4005\ninstances = 2\n\n[app.b]\ncommand = \"x\"\nport = 4006\n",
+            "port 4006 is both the port of app `b` and the swank port of app `a` instance 1",
+        ),
+        (
+            "[app.a]\nlisp = { system = \"s\", entry = \"s:main\" }\nswank_port = 65535\ninstances = 2\n",
+            "would be 65536, past 65535",
+        ),
     ] {
         let p = Project::new(config);
         let o = p.run(&["check"]);
