@@ -6,7 +6,6 @@
 //! is done the upstream connection goes back to the pool, the instance's in-flight count
 //! drops (which is what a drain waits for) and status and latency are recorded.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -15,10 +14,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::proxy::Shared;
 use crate::proxy::backend::InFlight;
+use crate::proxy::deadline::Stall;
 use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::pool::Upstream;
 
@@ -152,9 +152,8 @@ pub(crate) struct ResponseBody {
     kind: Kind,
     done: Completion,
     /// Fires when the app pauses longer than `response_timeout` between two parts of
-    /// its body (made at the first pause, moved after each part that arrived).
-    stall: Option<Pin<Box<Sleep>>>,
-    progressed: bool,
+    /// its body.
+    stall: Stall,
 }
 
 /// The app stopped sending its response body.
@@ -173,11 +172,11 @@ impl ResponseBody {
     ) -> ResponseBody {
         done.status = status;
         done.upstream = Some((guard, conn));
+        let stall = Stall::new(done.shared.cfg.response_timeout);
         ResponseBody {
             kind: Kind::Upstream(body),
             done,
-            stall: None,
-            progressed: false,
+            stall,
         }
     }
 
@@ -185,11 +184,11 @@ impl ResponseBody {
     pub(crate) fn full(bytes: Bytes, mut done: Completion, status: u16) -> ResponseBody {
         done.status = status;
         done.ended = true;
+        let stall = Stall::new(done.shared.cfg.response_timeout);
         ResponseBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
             done,
-            stall: None,
-            progressed: false,
+            stall,
         }
     }
 }
@@ -212,16 +211,8 @@ impl Body for ResponseBody {
                 }
                 let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) else {
                     // A pause: the app has `response_timeout` to send the next part.
-                    let within = this.done.shared.cfg.response_timeout;
-                    let stall = this
-                        .stall
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(within)));
-                    if std::mem::take(&mut this.progressed) {
-                        if let Some(at) = Instant::now().checked_add(within) {
-                            stall.as_mut().reset(at);
-                        }
-                    }
-                    if stall.as_mut().poll(cx).is_ready() {
+                    if this.stall.poll_expired(cx).is_ready() {
+                        let within = this.stall.within();
                         this.done
                             .shared
                             .metrics
@@ -234,7 +225,7 @@ impl Body for ResponseBody {
                     }
                     return Poll::Pending;
                 };
-                this.progressed = true;
+                this.stall.progressed();
                 let frame = frame.map(|f| f.map_err(Self::Error::from));
                 match &frame {
                     None => this.done.ended = true,

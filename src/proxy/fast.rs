@@ -21,21 +21,20 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::proxy::Shared;
-use crate::proxy::backend::{BackendId, InFlight};
+use crate::proxy::backend::InFlight;
+use crate::proxy::deadline::Deadline;
 use crate::proxy::error::ProxyError;
 use crate::proxy::forward::{MAX_REPLAYS, note_error};
-use crate::proxy::hold::Hold;
+use crate::proxy::hold::Attempts;
 use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::pool;
 
@@ -56,36 +55,6 @@ pub(crate) enum Served {
     Closed,
     /// Its next request needs the hyper path; the bytes read so far are in the buffer.
     Fallback,
-}
-
-/// A deadline kept by one timer per connection: moving it forward only touches the
-/// timer when it would move by more than a sixteenth of the timeout (at most 1 s), so a
-/// busy connection costs no timer work per request. The deadline can therefore fire up
-/// to that much early, never late.
-struct Deadline {
-    sleep: Pin<Box<Sleep>>,
-    within: Duration,
-    slack: Duration,
-}
-
-impl Deadline {
-    fn new(within: Duration) -> Deadline {
-        Deadline {
-            sleep: Box::pin(tokio::time::sleep(within)),
-            within,
-            slack: (within / 16).min(Duration::from_secs(1)),
-        }
-    }
-
-    /// Starts a wait of `within` from now.
-    fn arm(&mut self) {
-        let Some(want) = Instant::now().checked_add(self.within) else {
-            return; // "never" in practice
-        };
-        if want > self.sleep.deadline() + self.slack {
-            self.sleep.as_mut().reset(want);
-        }
-    }
 }
 
 /// What the request needs from here on, once its head is parsed.
@@ -426,33 +395,20 @@ async fn exchange(
     respond: &mut Deadline,
     start: Instant,
 ) -> Result<(InFlight, TcpStream, ResponseHead), ProxyError> {
-    let cfg = &shared.cfg;
-    let mut hold = Hold::new(start + cfg.hold);
-    let mut tried: Vec<BackendId> = Vec::new();
-    let mut last_connect_error: Option<ProxyError> = None;
+    let mut attempts = Attempts::new(shared, start);
     let mut replays = 0;
     let mut fresh = false;
     loop {
-        let Some(guard) = hold.pick(&shared.router, &mut tried).await else {
-            return Err(last_connect_error.unwrap_or_else(|| {
-                shared.metrics.upstream_error(UpstreamCause::NoReadyBackend);
-                ProxyError::NoReadyBackend { held: cfg.hold }
-            }));
-        };
+        let guard = attempts.pick().await?;
         let backend = guard.backend();
         let addr = backend.addr;
         let pooled = if fresh { None } else { backend.raw.take() };
         let mut upstream = match pooled {
             Some(conn) => conn,
-            None => match Box::pin(pool::connect_tcp(addr, cfg.connect_timeout)).await {
+            None => match Box::pin(pool::connect_tcp(addr, shared.cfg.connect_timeout)).await {
                 Ok(conn) => conn,
                 Err(e) => {
-                    if let Some(cause) = e.upstream_cause() {
-                        shared.metrics.upstream_error(cause);
-                    }
-                    tracing::debug!(app = %shared.app, backend = %backend.id, error = %e, "connect failed; retrying");
-                    tried.push(backend.id);
-                    last_connect_error = Some(e);
+                    attempts.connect_failed(backend.id, e);
                     continue;
                 }
             },
@@ -471,9 +427,7 @@ async fn exchange(
                 return Err(ProxyError::UpstreamIo { addr, source });
             }
             Err(Failure::Proxy(e)) => {
-                if let Some(cause) = e.upstream_cause() {
-                    shared.metrics.upstream_error(cause);
-                }
+                shared.metrics.upstream_failed(&e);
                 return Err(e);
             }
         }

@@ -26,11 +26,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::proxy::Shared;
-use crate::proxy::backend::{Backend, BackendId, InFlight};
+use crate::proxy::backend::{Backend, InFlight};
 use crate::proxy::body::{BodyEnd, Completion, RequestBody, ResponseBody};
 use crate::proxy::error::{Fault, ProxyError};
 use crate::proxy::headers;
-use crate::proxy::hold::Hold;
+use crate::proxy::hold::Attempts;
 use crate::proxy::pool::{self, Upstream};
 use crate::proxy::tunnel;
 
@@ -141,32 +141,17 @@ async fn exchange(
     upgrade: bool,
 ) -> Result<Exchange, ProxyError> {
     let cfg = &shared.cfg;
-    let mut hold = Hold::new(start + cfg.hold);
-    let mut tried: Vec<BackendId> = Vec::new();
-    let mut last_connect_error: Option<ProxyError> = None;
+    let mut attempts = Attempts::new(shared, start);
     let mut unsent = 0;
     let mut replays = 0;
     loop {
-        let Some(guard) = hold.pick(&shared.router, &mut tried).await else {
-            // Connect errors were counted as they happened.
-            return Err(last_connect_error.unwrap_or_else(|| {
-                shared
-                    .metrics
-                    .upstream_error(crate::proxy::UpstreamCause::NoReadyBackend);
-                ProxyError::NoReadyBackend { held: cfg.hold }
-            }));
-        };
+        let guard = attempts.pick().await?;
         let backend = guard.backend();
         let fresh = unsent > 0 || upgrade;
         let mut conn = match checkout(backend, fresh, cfg.connect_timeout).await {
             Ok(conn) => conn,
             Err(e) => {
-                if let Some(cause) = e.upstream_cause() {
-                    shared.metrics.upstream_error(cause);
-                }
-                tracing::debug!(app = %shared.app, backend = %backend.id, error = %e, "connect failed; retrying");
-                tried.push(backend.id);
-                last_connect_error = Some(e);
+                attempts.connect_failed(backend.id, e);
                 continue;
             }
         };
@@ -203,9 +188,7 @@ async fn exchange(
                 req = *back;
             }
             Err(SendError::Failed(e)) => {
-                if let Some(cause) = e.upstream_cause() {
-                    shared.metrics.upstream_error(cause);
-                }
+                shared.metrics.upstream_failed(&e);
                 match (e, replay) {
                     (
                         ProxyError::Upstream { source, .. },

@@ -11,7 +11,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::proxy::Shared;
 use crate::proxy::backend::{BackendId, InFlight};
+use crate::proxy::error::ProxyError;
+use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::router::Router;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
@@ -71,6 +74,54 @@ impl Hold {
                 }
             }
         }
+    }
+}
+
+/// One request's search for an instance, as both request paths make it: the hold, the
+/// instances whose connect failed, and the last such failure, which is what the client is
+/// told when the hold runs out after one.
+pub(crate) struct Attempts<'a> {
+    shared: &'a Shared,
+    hold: Hold,
+    tried: Vec<BackendId>,
+    last_connect_error: Option<ProxyError>,
+}
+
+impl<'a> Attempts<'a> {
+    /// A search for a request that arrived at `start`.
+    pub(crate) fn new(shared: &'a Shared, start: Instant) -> Attempts<'a> {
+        Attempts {
+            shared,
+            hold: Hold::new(start + shared.cfg.hold),
+            tried: Vec::new(),
+            last_connect_error: None,
+        }
+    }
+
+    /// A ready instance not tried yet (see [`Hold::pick`]), or the error to answer with
+    /// once the hold is over.
+    pub(crate) async fn pick(&mut self) -> Result<InFlight, ProxyError> {
+        match self.hold.pick(&self.shared.router, &mut self.tried).await {
+            Some(guard) => Ok(guard),
+            // Connect errors were counted as they happened.
+            None => Err(self.last_connect_error.take().unwrap_or_else(|| {
+                self.shared
+                    .metrics
+                    .upstream_error(UpstreamCause::NoReadyBackend);
+                ProxyError::NoReadyBackend {
+                    held: self.shared.cfg.hold,
+                }
+            })),
+        }
+    }
+
+    /// Connecting to `backend` failed: counted, and the instance is skipped until only
+    /// tried ones are left.
+    pub(crate) fn connect_failed(&mut self, backend: BackendId, e: ProxyError) {
+        self.shared.metrics.upstream_failed(&e);
+        tracing::debug!(app = %self.shared.app, %backend, error = %e, "connect failed; retrying");
+        self.tried.push(backend);
+        self.last_connect_error = Some(e);
     }
 }
 

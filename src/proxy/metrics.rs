@@ -105,6 +105,13 @@ impl Metrics {
         self.upstream_errors[cause.index()].fetch_add(1, Relaxed);
     }
 
+    /// Counts `e` under its upstream cause, if the app is at fault.
+    pub(crate) fn upstream_failed(&self, e: &crate::proxy::ProxyError) {
+        if let Some(cause) = e.upstream_cause() {
+            self.upstream_error(cause);
+        }
+    }
+
     pub(crate) fn downstream_error(&self) {
         self.downstream_errors.fetch_add(1, Relaxed);
     }

@@ -8,14 +8,16 @@
 //!
 //! Files, one concept each (kamal-proxy style): `router` (instance set and snapshot),
 //! `balancer` (the pick rule), `backend` (one instance and its counters), `pool`
-//! (upstream connections), `hold` (waiting for a ready instance), `fast` (the
-//! plain-request path), `forward` (every other request), `headers`, `body`, `tunnel` (upgrades), `drain`, `server` (accept
-//! loop), `workers` (the proxy's own threads), `metrics`, `error`, `config`.
+//! (upstream connections), `hold` (waiting for a ready instance), `deadline` (cheap
+//! timeouts), `fast` (the plain-request path), `forward` (every other request),
+//! `headers`, `body`, `tunnel` (upgrades), `drain`, `server` (accept loop), `workers`
+//! (the proxy's own threads), `metrics`, `error`, `config`.
 
 mod backend;
 mod balancer;
 mod body;
 mod config;
+mod deadline;
 mod drain;
 mod error;
 mod fast;

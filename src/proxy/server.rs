@@ -23,9 +23,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio::time::Sleep;
 
 use crate::proxy::Shared;
+use crate::proxy::deadline::Stall;
 use crate::proxy::workers::Workers;
 use crate::proxy::{fast, forward};
 
@@ -142,9 +142,7 @@ impl Connection {
         let stream = Prefixed {
             prefix: buf,
             inner: stream,
-            write_stall: shared.cfg.idle_timeout,
-            stall: None,
-            progressed: false,
+            stall: Stall::new(shared.cfg.idle_timeout),
         };
         let service = service_fn(move |req| {
             forward::handle(Arc::clone(&shared), client_ip.clone(), trusted, req)
@@ -172,34 +170,12 @@ impl Connection {
 struct Prefixed {
     prefix: BytesMut,
     inner: TcpStream,
-    write_stall: Duration,
-    /// Made at the first write that has to wait, moved after each write that went through.
-    stall: Option<Pin<Box<Sleep>>>,
-    progressed: bool,
+    stall: Stall,
 }
 
 impl Prefixed {
-    /// After a write that could not go through: fails once the client has taken nothing
-    /// for `write_stall`.
-    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let within = self.write_stall;
-        let stall = self
-            .stall
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(within)));
-        if std::mem::take(&mut self.progressed) {
-            if let Some(at) = tokio::time::Instant::now().checked_add(within) {
-                stall.as_mut().reset(at);
-            }
-        }
-        match stall.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client took nothing of the response within the idle timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
+    /// The result of a write: one that could not go through fails once the client has
+    /// taken nothing for the stall time.
     fn wrote(
         &mut self,
         r: Poll<io::Result<usize>>,
@@ -207,10 +183,16 @@ impl Prefixed {
     ) -> Poll<io::Result<usize>> {
         match r {
             Poll::Ready(r) => {
-                self.progressed = true;
+                self.stall.progressed();
                 Poll::Ready(r)
             }
-            Poll::Pending => self.poll_stall(cx),
+            Poll::Pending => match self.stall.poll_expired(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client took nothing of the response within the idle timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 }

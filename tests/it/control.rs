@@ -156,18 +156,7 @@ fn attach_gives_the_app_the_terminal_size_and_follows_it() {
     wait_for("the app to run", DEADLINE, || {
         p.instance("sh", 0)["pid"].as_i64()
     });
-    let (mut master, slave) = pty(50, 132);
-    let mut child = p
-        .cmd(&["attach", "sh"])
-        .stdin(std::process::Stdio::from(slave.try_clone().expect("dup")))
-        .stdout(std::process::Stdio::from(slave.try_clone().expect("dup")))
-        .stderr(std::process::Stdio::from(slave))
-        .spawn()
-        .expect("spawn attach");
-    let mut seen = String::new();
-    wait_for("the attach banner", DEADLINE, || {
-        read_until(&mut master, &mut seen, 0, "detach with Ctrl-]")
-    });
+    let (mut master, mut child, mut seen) = attach_on_pty(&p, "sh", 50, 132);
     let from = seen.len();
     master.write_all(b"x\r").expect("type");
     wait_for("the app to see the window's size", DEADLINE, || {

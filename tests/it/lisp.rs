@@ -440,18 +440,7 @@ fn attach_reaches_the_lisp_repl_and_detaches_with_ctrl_bracket() {
     wait_healthy(&p, port);
     let pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
 
-    let (mut master, slave) = pty(24, 80);
-    let mut child = p
-        .cmd(&["attach", "hello"])
-        .stdin(std::process::Stdio::from(slave.try_clone().expect("dup")))
-        .stdout(std::process::Stdio::from(slave.try_clone().expect("dup")))
-        .stderr(std::process::Stdio::from(slave))
-        .spawn()
-        .expect("spawn attach");
-    let mut seen = String::new();
-    wait_for("the attach banner", DEADLINE, || {
-        read_until(&mut master, &mut seen, 0, "detach with Ctrl-]")
-    });
+    let (mut master, mut child, mut seen) = attach_on_pty(&p, "hello", 24, 80);
     let from = seen.len();
     master.write_all(b"(+ 1 2)\r").expect("type");
     wait_for("the REPL's answer", DEADLINE, || {

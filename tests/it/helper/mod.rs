@@ -412,3 +412,26 @@ pub fn pty(rows: u16, cols: u16) -> (std::fs::File, std::os::fd::OwnedFd) {
     }
     (master, pty.slave)
 }
+
+/// `windlass attach APP` on a new `rows`×`cols` PTY, once its banner is shown: the PTY's
+/// master, the attach process, and the output read so far.
+pub fn attach_on_pty(
+    p: &Project,
+    app: &str,
+    rows: u16,
+    cols: u16,
+) -> (std::fs::File, Child, String) {
+    let (mut master, slave) = pty(rows, cols);
+    let child = p
+        .cmd(&["attach", app])
+        .stdin(Stdio::from(slave.try_clone().expect("dup")))
+        .stdout(Stdio::from(slave.try_clone().expect("dup")))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .expect("spawn attach");
+    let mut seen = String::new();
+    wait_for("the attach banner", DEADLINE, || {
+        read_until(&mut master, &mut seen, 0, "detach with Ctrl-]")
+    });
+    (master, child, seen)
+}
