@@ -95,6 +95,20 @@ pub enum ConfigError {
         "no windlass.toml or Procfile found in {searched}\n  = help: run `windlass init` to write one for this project, or pass -f FILE"
     )]
     NotFound { searched: String },
+    #[error(
+        "found {} but {} is owned by uid {owner}, not you (uid {uid}): windlass does not run a config another user can change\n  = help: run with --file {} if you trust it",
+        file.display(),
+        owner_of.display(),
+        file.display()
+    )]
+    Untrusted {
+        /// The config file that was refused.
+        file: PathBuf,
+        /// The file or directory whose owner is not the user.
+        owner_of: PathBuf,
+        owner: u32,
+        uid: u32,
+    },
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,

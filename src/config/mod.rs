@@ -299,6 +299,12 @@ impl Default for AdminConfig {
 
 /// Finds the project's config: `explicit` if given, else `windlass.toml` or a `Procfile` in
 /// `start` or the nearest parent directory that has one.
+///
+/// The search trusts only what the user controls (the rule git adopted for CVE-2022-24765):
+/// it stops at a directory owned by another user than the effective uid, at `$HOME` (it does
+/// not look above it) and where the filesystem changes (`st_dev`). A config file found there,
+/// or a config file owned by another user, is refused with [`ConfigError::Untrusted`], whose
+/// hint names the file and `-f`, the way to use it anyway. `-f` is never second-guessed.
 pub fn discover(start: &Path, explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
     if let Some(p) = explicit {
         let p = if p.is_absolute() {
@@ -313,16 +319,66 @@ pub fn discover(start: &Path, explicit: Option<&Path>) -> Result<PathBuf, Config
         }
         return Ok(p);
     }
+    discover_as(
+        start,
+        nix::unistd::geteuid().as_raw(),
+        std::env::var_os("HOME").map(PathBuf::from).as_deref(),
+    )
+}
+
+/// The upward search of [`discover`] for the user `uid` whose home is `home`.
+fn discover_as(start: &Path, uid: u32, home: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let start_dev = std::fs::metadata(start).map(|m| m.dev()).ok();
+    let mut stopped: Option<String> = None;
     for dir in start.ancestors() {
-        for name in [CONFIG_FILE, PROCFILE] {
-            let p = dir.join(name);
-            if p.is_file() {
-                return Ok(p);
+        let Ok(meta) = std::fs::metadata(dir) else {
+            break;
+        };
+        if Some(meta.dev()) != start_dev {
+            stopped = Some(format!("{} (another filesystem)", dir.display()));
+            break;
+        }
+        let candidates = [CONFIG_FILE, PROCFILE].map(|n| dir.join(n));
+        let found = candidates.iter().find(|p| p.is_file());
+        if meta.uid() != uid {
+            if let Some(file) = found {
+                return Err(ConfigError::Untrusted {
+                    file: file.clone(),
+                    owner_of: dir.to_path_buf(),
+                    owner: meta.uid(),
+                    uid,
+                });
             }
+            stopped = Some(format!(
+                "{} (owned by uid {}, not you)",
+                dir.display(),
+                meta.uid()
+            ));
+            break;
+        }
+        if let Some(file) = found {
+            let owner = std::fs::metadata(file).map_or(uid, |m| m.uid());
+            if owner != uid {
+                return Err(ConfigError::Untrusted {
+                    file: file.clone(),
+                    owner_of: file.clone(),
+                    owner,
+                    uid,
+                });
+            }
+            return Ok(file.clone());
+        }
+        if home.is_some_and(|h| h == dir) {
+            stopped = Some(format!("{} (your home directory)", dir.display()));
+            break;
         }
     }
     Err(ConfigError::NotFound {
-        searched: format!("{} and its parent directories", start.display()),
+        searched: match stopped {
+            Some(at) => format!("{} and its parent directories up to {at}", start.display()),
+            None => format!("{} and its parent directories", start.display()),
+        },
     })
 }
 
@@ -396,6 +452,36 @@ mod tests {
         assert_eq!(did_you_mean("comand", keys), Some("command"));
         assert_eq!(did_you_mean("envfile", keys), Some("env_file"));
         assert_eq!(did_you_mean("zzzzzz", keys), None);
+    }
+
+    #[test]
+    fn discovery_stops_at_home_and_at_directories_of_another_user() {
+        use std::os::unix::fs::MetadataExt;
+        let top = tempfile::tempdir().expect("tempdir");
+        let me = std::fs::metadata(top.path()).expect("stat").uid();
+        let sub = top.path().join("a/b");
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        std::fs::write(top.path().join(PROCFILE), "web: true\n").expect("write");
+        // Found from a subdirectory when every directory on the way is mine.
+        assert_eq!(
+            discover_as(&sub, me, None).expect("found"),
+            top.path().join(PROCFILE)
+        );
+        // Not above home.
+        let home = top.path().join("a");
+        let e = discover_as(&sub, me, Some(&home)).expect_err("stops at home");
+        assert!(matches!(e, ConfigError::NotFound { .. }), "{e}");
+        assert!(e.to_string().contains("your home directory"), "{e}");
+        // Another user: refused, naming the file.
+        let e = discover_as(&sub, me + 1, None).expect_err("not mine");
+        assert!(e.to_string().contains("owned by uid"), "{e}");
+        std::fs::write(sub.join(CONFIG_FILE), "").expect("write");
+        let e = discover_as(&sub, me + 1, None).expect_err("not mine");
+        assert!(
+            e.to_string()
+                .contains(&format!("--file {}", sub.join(CONFIG_FILE).display())),
+            "{e}"
+        );
     }
 
     #[test]

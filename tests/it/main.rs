@@ -7,6 +7,7 @@ mod config;
 mod contrib;
 mod control;
 mod dashboard;
+mod discovery;
 mod docs;
 mod init;
 mod lisp;
