@@ -82,7 +82,12 @@ pub fn run(args: Args) -> Result {
         );
         let color = output::color_stderr();
         for w in port_warnings(&config) {
-            eprintln!("{} {}", paint(color, output::YELLOW, "warning:"), w.message);
+            // The message quotes another process's command line: it may hold anything.
+            eprintln!(
+                "{} {}",
+                paint(color, output::YELLOW, "warning:"),
+                output::sanitize(&w.message)
+            );
         }
         return Ok(exit::OK);
     }

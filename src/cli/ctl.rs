@@ -42,7 +42,8 @@ pub async fn act(args: AppArgs, action: Action) -> Result {
             &format!("/v1/apps/{}/{verb}", urlencode(&args.app)),
         )
         .await?;
-    println!("{}", r.message);
+    // The message can quote the app (a reload's compiler output): shown, not obeyed.
+    println!("{}", output::sanitize_text(&r.message));
     let failed = r.app.as_ref().is_some_and(|a| a.state.is_failed());
     Ok(if failed { exit::FAILURE } else { exit::OK })
 }
@@ -77,7 +78,8 @@ pub async fn reload(args: ReloadArgs) -> Result {
             &format!("/v1/apps/{}/reload", urlencode(&args.app)),
         )
         .await?;
-    println!("{}", r.message);
+    // The message can quote the app (a reload's compiler output): shown, not obeyed.
+    println!("{}", output::sanitize_text(&r.message));
     Ok(exit::OK)
 }
 
@@ -91,7 +93,11 @@ pub async fn down(args: DownArgs) -> Result {
     }
     println!(
         "{}",
-        output::paint(output::color_stdout(), output::GREEN, &r.message)
+        output::paint(
+            output::color_stdout(),
+            output::GREEN,
+            &output::sanitize_text(&r.message)
+        )
     );
     Ok(exit::OK)
 }

@@ -1,4 +1,6 @@
-//! `windlass logs [APP] [-f] [-n N] [--json]`: past lines from the log files, then live ones.
+//! `windlass logs [APP] [-f] [-n N] [--json] [--raw]`: past lines from the log files, then
+//! live ones. What apps wrote is shown with its control characters made visible
+//! ([`output::sanitize`]), so app output cannot drive the terminal; `--raw` prints it as is.
 
 use http_body_util::BodyExt;
 use hyper::Method;
@@ -17,7 +19,8 @@ use crate::protocol::{LogLine, Stream};
 #[command(after_long_help = "Examples:
   windlass logs                 the last 100 lines of every app
   windlass logs web -f          follow app `web`
-  windlass logs web -n 1000 --json | jq -r .line")]
+  windlass logs web -n 1000 --json | jq -r .line
+  windlass logs web --raw > web.log   the lines exactly as written (escape sequences included)")]
 pub struct Args {
     /// Only this app.
     pub app: Option<String>,
@@ -30,6 +33,10 @@ pub struct Args {
     /// One JSON object per line: {ts, app, instance, stream, line}.
     #[arg(long)]
     pub json: bool,
+    /// Print what the apps wrote as is: escape sequences reach the terminal. By default,
+    /// control characters (ESC, other C0 but tab, DEL, C1) are shown as `\xNN`.
+    #[arg(long)]
+    pub raw: bool,
     /// The config file.
     #[arg(long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
@@ -55,10 +62,10 @@ pub async fn run(args: Args) -> Result {
         while let Some(i) = pending.iter().position(|b| *b == b'\n') {
             let rec: Vec<u8> = pending.drain(..=i).collect();
             let out = if args.json {
-                String::from_utf8_lossy(&rec).trim_end().to_owned()
+                output::json_for_terminal(String::from_utf8_lossy(&rec).trim_end()).into_owned()
             } else {
                 match serde_json::from_slice::<LogLine>(&rec) {
-                    Ok(l) => human(&l, color),
+                    Ok(l) => human(&l, color, args.raw),
                     Err(_) => continue,
                 }
             };
@@ -72,21 +79,27 @@ pub async fn run(args: Args) -> Result {
     Ok(exit::OK)
 }
 
-fn human(l: &LogLine, color: bool) -> String {
+fn human(l: &LogLine, color: bool, raw: bool) -> String {
+    let app = output::sanitize(&l.app);
     let who = match l.instance {
-        Some(i) => format!("{}.{i}", l.app),
-        None => l.app.clone(),
+        Some(i) => format!("{app}.{i}"),
+        None => app.into_owned(),
     };
-    let ts = l.ts.get(..23).unwrap_or(&l.ts).replace('T', " ");
+    let line = if raw {
+        l.line.clone()
+    } else {
+        output::sanitize(&l.line).into_owned()
+    };
+    let ts = output::sanitize(l.ts.get(..23).unwrap_or(&l.ts)).replace('T', " ");
     let stream = match l.stream {
         Stream::Out => "out",
         Stream::Err => "err",
         Stream::Windlass => "windlass",
     };
     let text = match l.stream {
-        Stream::Err => paint(color, output::YELLOW, &l.line),
-        Stream::Windlass => paint(color, output::DIM, &l.line),
-        Stream::Out => l.line.clone(),
+        Stream::Err => paint(color, output::YELLOW, &line),
+        Stream::Windlass => paint(color, output::DIM, &line),
+        Stream::Out => line,
     };
     format!(
         "{} {} {} {text}",

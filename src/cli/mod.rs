@@ -241,13 +241,15 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let color = output::color_stderr();
+            // Messages can quote what apps wrote (a reload's diagnostics, a health check's
+            // answer): control characters are shown, not obeyed.
             eprintln!(
                 "{} {}",
                 output::paint(color, output::RED, "error:"),
-                e.message.trim_start_matches("error: ")
+                output::sanitize_text(e.message.trim_start_matches("error: "))
             );
             if let Some(h) = e.hint {
-                eprintln!("  = help: {h}");
+                eprintln!("  = help: {}", output::sanitize_text(&h));
             }
             ExitCode::from(e.code)
         }

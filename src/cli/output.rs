@@ -1,6 +1,11 @@
 //! Output conventions: colour only on a terminal and never with `NO_COLOR`; human sizes and
-//! durations; aligned tables.
+//! durations; aligned tables; and text that apps control (their output, exit messages, what
+//! a reload reported) made harmless before it reaches a terminal ([`sanitize`]): an app that
+//! logs a decoded request path must not be able to move the operator's cursor, fake lines
+//! or write their clipboard (OSC 52).
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -83,6 +88,69 @@ pub fn dur(d: Duration) -> String {
     crate::supervisor::instance::human(d)
 }
 
+/// True for what a terminal may act on rather than show: C0 controls except tab, DEL, and
+/// the C1 controls (U+0080..U+009F; U+009B is a one-character CSI for some terminals).
+fn is_control(c: char) -> bool {
+    (c < ' ' && c != '\t') || ('\u{7f}'..='\u{9f}').contains(&c)
+}
+
+/// One line of app-controlled text, safe to print on a terminal: every control character
+/// (see [`is_control`]; ESC included, so no escape sequence survives) is shown as `\xNN`.
+/// Tab and every printable character are kept. Borrowed when there is nothing to escape.
+pub fn sanitize(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if is_control(c) {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// [`sanitize`] for bytes: invalid UTF-8 is shown as `\xNN` too.
+pub fn sanitize_bytes(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    for chunk in b.utf8_chunks() {
+        out.push_str(&sanitize(chunk.valid()));
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out
+}
+
+/// [`sanitize`] for text of several lines: the line breaks are kept (a CR before one is
+/// dropped), everything else is escaped.
+pub fn sanitize_text(s: &str) -> String {
+    s.split('\n')
+        .map(|l| sanitize(l.strip_suffix('\r').unwrap_or(l)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// JSON text with DEL and the C1 controls in its strings written as `\u00XX`: serde_json
+/// escapes C0 but emits those as is, and a terminal showing the JSON could act on them.
+/// Still valid JSON meaning the same thing (they only occur inside strings).
+pub fn json_for_terminal(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(is_control) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if ('\u{7f}'..='\u{9f}').contains(&c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Prints rows as left-aligned columns; widths ignore ANSI codes.
 pub fn table(rows: &[Vec<String>]) -> String {
     let visible = |s: &str| {
@@ -129,6 +197,96 @@ pub fn table(rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// xorshift64*: a deterministic stream for the property tests.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+    }
+
+    fn assert_terminal_safe(out: &str, input: &[u8]) {
+        for b in out.bytes() {
+            assert!(
+                b >= 0x20 && b != 0x7f || b == b'\t',
+                "byte {b:#x} left in {out:?} (from {input:?})"
+            );
+        }
+        for c in out.chars() {
+            assert!(
+                !('\u{80}'..='\u{9f}').contains(&c),
+                "C1 {c:?} left in {out:?} (from {input:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn escape_sequences_are_made_visible() {
+        let osc52 = "path=/\x1b]52;c;ZWNobyBwd25lZA==\x07 done";
+        assert_eq!(
+            sanitize(osc52),
+            "path=/\\x1b]52;c;ZWNobyBwd25lZA==\\x07 done"
+        );
+        assert_eq!(
+            sanitize("a\tb\u{9b}31m\u{7f}\r\n"),
+            "a\tb\\x9b31m\\x7f\\x0d\\x0a"
+        );
+        assert!(matches!(sanitize("plain é ✓"), Cow::Borrowed(_)));
+        assert_eq!(sanitize_bytes(b"ok\xff\x1b[2J"), "ok\\xff\\x1b[2J");
+        assert_eq!(sanitize_text("one\r\ntwo\x1b\n"), "one\ntwo\\x1b\n");
+        assert_eq!(
+            json_for_terminal("{\"line\":\"a\u{9b}b\"}"),
+            "{\"line\":\"a\\u009bb\"}"
+        );
+    }
+
+    /// Property: whatever the bytes (random, and biased towards ESC, BEL, C1 and broken
+    /// UTF-8), the output holds no control byte but tab, no DEL and no C1 code point.
+    #[test]
+    fn sanitised_output_never_holds_a_control_character() {
+        const ALPHABET: &[&[u8]] = &[
+            b"\x1b",
+            b"]52;c;",
+            b"\x07",
+            b"[2J",
+            b"\xc2\x9b",
+            b"\xc2\x85",
+            b"\x7f",
+            b"\t",
+            b"\r",
+            b"\n",
+            b"\xff",
+            b"\xe2\x82",
+            b"\xf0\x9f\x98\x80",
+            b"a",
+            b"\\",
+            b"\x00",
+        ];
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..20_000 {
+            let len = (rng.next() % 40) as usize;
+            let mut input = Vec::with_capacity(len * 2);
+            for _ in 0..len {
+                if rng.next() % 2 == 0 {
+                    input.push((rng.next() & 0xff) as u8);
+                } else {
+                    input.extend_from_slice(ALPHABET[(rng.next() as usize) % ALPHABET.len()]);
+                }
+            }
+            assert_terminal_safe(&sanitize_bytes(&input), &input);
+            let lossy = String::from_utf8_lossy(&input);
+            assert_terminal_safe(&sanitize(&lossy), &input);
+            let json = serde_json::to_string(&lossy).expect("json");
+            assert_terminal_safe(&json_for_terminal(&json), &input);
+            for line in sanitize_text(&lossy).split('\n') {
+                assert_terminal_safe(line, &input);
+            }
+        }
+    }
 
     #[test]
     fn formats() {

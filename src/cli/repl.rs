@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
+use super::output::sanitize_text;
 use super::{CliError, ProjectArg, Result, exit, load_config};
 use crate::lisp::swank::{SwankClient, SwankError};
 
@@ -140,21 +141,22 @@ pub async fn run(args: Args) -> Result {
 async fn eval_print(client: &mut SwankClient, form: &str, package: &str) -> Result<bool> {
     match client.eval(form, package).await {
         Ok(r) => {
-            print!("{}", r.output);
+            // What the image prints is shown, never obeyed: escape sequences are made visible.
+            print!("{}", sanitize_text(&r.output));
             if !r.output.is_empty() && !r.output.ends_with('\n') {
                 println!();
             }
-            println!("{}", r.value);
+            println!("{}", sanitize_text(&r.value));
             Ok(true)
         }
         Err(SwankError::LispError { condition, output }) => {
-            print!("{output}");
-            eprintln!("error: {}", condition.trim());
+            print!("{}", sanitize_text(&output));
+            eprintln!("error: {}", sanitize_text(condition.trim()));
             Ok(false)
         }
         Err(SwankError::Aborted { reason, output }) => {
-            print!("{output}");
-            eprintln!("error: evaluation aborted: {reason}");
+            print!("{}", sanitize_text(&output));
+            eprintln!("error: evaluation aborted: {}", sanitize_text(&reason));
             Ok(false)
         }
         Err(e) => Err(CliError::new(exit::FAILURE, e.to_string())),

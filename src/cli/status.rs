@@ -31,7 +31,7 @@ pub async fn run(args: Args) -> Result {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&status).unwrap_or_default()
+            output::json_for_terminal(&serde_json::to_string_pretty(&status).unwrap_or_default())
         );
     } else {
         print!("{}", render(&status, output::color_stdout(), true));
@@ -61,9 +61,9 @@ pub fn render(status: &Status, color: bool, details: bool) -> String {
     for app in &status.apps {
         for i in &app.instances {
             let name = if app.instances.len() > 1 {
-                format!("{}.{}", app.name, i.index)
+                format!("{}.{}", output::sanitize(&app.name), i.index)
             } else {
-                app.name.clone()
+                output::sanitize(&app.name).into_owned()
             };
             let port = match (app.port, i.port) {
                 (Some(p), Some(q)) if p != q => format!("{p}→{q}"),
@@ -95,22 +95,36 @@ pub fn render(status: &Status, color: bool, details: bool) -> String {
                     notes.push_str(&format!(", last run {e} after {:.1}s", e.uptime_secs));
                 }
                 if let Some(m) = &i.message {
-                    notes.push_str(&format!("\n  {m}"));
+                    notes.push_str(&format!(
+                        "\n  {}",
+                        output::sanitize_text(m).replace('\n', "\n  ")
+                    ));
                 }
                 notes.push('\n');
                 if !i.last_stderr.is_empty() {
                     notes.push_str("  last stderr lines:\n");
                     for l in &i.last_stderr {
-                        notes.push_str(&format!("  {} {l}\n", paint(color, output::DIM, "│")));
+                        notes.push_str(&format!(
+                            "  {} {}\n",
+                            paint(color, output::DIM, "│"),
+                            output::sanitize(l)
+                        ));
                     }
                 }
-                notes.push_str(&format!("  more: windlass logs {} -n 100\n", app.name));
+                notes.push_str(&format!(
+                    "  more: windlass logs {} -n 100\n",
+                    output::sanitize(&app.name)
+                ));
             }
         }
         if app.log_lines_dropped > 0 {
             notes.push_str(&format!(
                 "\n{} {} log lines could not be written (disk full?)\n",
-                paint(color, output::RED, &format!("{}:", app.name)),
+                paint(
+                    color,
+                    output::RED,
+                    &format!("{}:", output::sanitize(&app.name))
+                ),
                 app.log_lines_dropped
             ));
         }

@@ -137,9 +137,9 @@ fn render(
         }
         for (k, i) in app.instances.iter().enumerate() {
             let name = if app.instances.len() > 1 {
-                format!("{}.{}", app.name, i.index)
+                format!("{}.{}", output::sanitize(&app.name), i.index)
             } else {
-                app.name.clone()
+                output::sanitize(&app.name).into_owned()
             };
             let key = (app.name.clone(), i.index);
             let cpu = i.cpu_seconds.and_then(|c| {

@@ -123,8 +123,12 @@ fn spawn_printer(sup: &Supervisor) {
                 &format!("{who:<width$} |"),
             );
             let text = match line.stream {
-                Stream::Windlass => paint(color, output::DIM, &format!("[windlass] {}", line.line)),
-                _ => line.line.clone(),
+                Stream::Windlass => paint(
+                    color,
+                    output::DIM,
+                    &format!("[windlass] {}", output::sanitize(&line.line)),
+                ),
+                _ => output::sanitize(&line.line).into_owned(),
             };
             let mut out = std::io::stdout().lock();
             if writeln!(out, "{prefix} {text}").is_err() {
@@ -221,7 +225,7 @@ async fn detach(args: &Args, config: &crate::config::Config) -> Result {
                 exit::FAILURE,
                 format!(
                     "the supervisor exited at start ({st}):\n{}",
-                    tail.join("\n")
+                    output::sanitize_text(&tail.join("\n"))
                 ),
             ));
         }

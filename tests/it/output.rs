@@ -125,3 +125,86 @@ fn check_json_lists_every_error_with_its_position() {
     assert_eq!(v["errors"][0]["line"], 2);
     assert_eq!(v["errors"][0]["column"], 1);
 }
+
+/// What a remote client can make an app log (a decoded request path, a header): a clipboard
+/// write (OSC 52), a screen clear, a cursor move, a fake line, a C1 CSI, broken UTF-8.
+const HOSTILE: &str =
+    r"printf 'GET /\033]52;c;cHduZWQ=\007\033[2J\033[1;1H\rfake ok line\302\233\061m\377 end\n'";
+
+#[test]
+fn app_output_cannot_drive_the_operators_terminal() {
+    let p = Project::empty();
+    p.write("hostile.sh", &format!("{HOSTILE}\n{HOSTILE} >&2\nexit 3\n"));
+    p.write(
+        "windlass.toml",
+        "[app.evil]\ncommand = [\"sh\", \"hostile.sh\"]\nrestart = \"never\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let sup = p.up(&[]);
+    wait_for("the app to fail", DEADLINE, || {
+        (p.instance("evil", 0)["state"] == "fatal").then_some(())
+    });
+
+    let logs = p.run(&["logs", "evil"]);
+    assert!(logs.status.success());
+    no_escapes("logs", &logs.stdout);
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        text.contains(r"GET /\x1b]52;c;cHduZWQ=\x07\x1b[2J"),
+        "{text}"
+    );
+    assert!(text.contains(r"\x0dfake ok line\x9b1m"), "{text}");
+    assert!(!text.contains('\u{9b}'), "a C1 CSI is left: {text}");
+
+    let raw = p.run(&["logs", "evil", "--raw"]);
+    assert!(raw.status.success());
+    let bytes = &raw.stdout;
+    assert!(
+        bytes.windows(6).any(|w| w == b"\x1b]52;c"),
+        "--raw keeps the bytes: {:?}",
+        String::from_utf8_lossy(bytes)
+    );
+
+    let json = p.run(&["logs", "evil", "--json"]);
+    assert!(json.status.success());
+    no_escapes("logs --json", &json.stdout);
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&json.stdout)
+            .lines()
+            .find(|l| l.contains("fake ok line"))
+            .expect("a hostile line"),
+    )
+    .expect("json");
+    assert!(
+        first["line"]
+            .as_str()
+            .expect("line")
+            .contains("\u{1b}]52;c;"),
+        "JSON keeps the text: {first}"
+    );
+    assert!(!String::from_utf8_lossy(&json.stdout).contains('\u{9b}'));
+
+    let status = p.run(&["status"]);
+    assert!(status.status.success());
+    no_escapes("status", &status.stdout);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("last stderr lines"), "{text}");
+    assert!(text.contains(r"\x1b]52;c;"), "{text}");
+    assert!(!text.contains('\u{9b}'), "{text}");
+
+    let top = p.run(&["top", "--once"]);
+    assert!(
+        top.status.success(),
+        "{}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    no_escapes("top --once", &top.stdout);
+
+    // `up` in the foreground prints every line too.
+    let shown = wait_for("the lines on up's stdout", DEADLINE, || {
+        let out = sup.stdout();
+        (out.matches("fake ok line").count() >= 2).then_some(out)
+    });
+    no_escapes("up", shown.as_bytes());
+    assert!(shown.contains(r"\x1b]52;c;"), "{shown}");
+    drop(sup);
+}
