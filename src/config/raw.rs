@@ -4,6 +4,13 @@
 //! spellings, unknown keys) happens inside `Deserialize` so that the TOML parser attaches the
 //! offending span to the error. Cross-field checks live in `super::validate`, which turns this
 //! raw form into the resolved [`super::Config`].
+//!
+//! Every duration and size has a maximum, checked here so that nothing downstream can
+//! overflow (`Instant + duration`, backoff doubling): a duration key takes at most
+//! [`YEAR`] unless its type names a smaller cap (`Dur<HOUR>`, `Dur<DAY>`), a size at most
+//! [`MAX_SIZE`] (1 TiB), and a count of files kept at most [`MAX_KEEP`]. A new key gets the
+//! general cap by using [`Dur`] or [`ByteSize`]; [`cap_duration`] and [`cap_size`] are the
+//! one place the rule and its message live. The limits are listed in docs/configuration.md.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -77,15 +84,15 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawLogs {
     pub max_size: Option<ByteSize>,
-    pub keep: Option<u32>,
+    pub keep: Option<Count<MAX_KEEP>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackoff {
-    pub initial: Option<Dur>,
-    pub max: Option<Dur>,
-    pub reset_after: Option<Dur>,
+    pub initial: Option<Dur<HOUR>>,
+    pub max: Option<Dur<DAY>>,
+    pub reset_after: Option<Dur<DAY>>,
     pub crashloop_after: Option<u32>,
 }
 
@@ -93,16 +100,16 @@ pub struct RawBackoff {
 #[serde(deny_unknown_fields)]
 pub struct RawStop {
     pub signal: Option<Sig>,
-    pub timeout: Option<Dur>,
+    pub timeout: Option<Dur<DAY>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProxy {
-    pub hold: Option<Dur>,
-    pub connect_timeout: Option<Dur>,
-    pub response_timeout: Option<Dur>,
-    pub idle_timeout: Option<Dur>,
+    pub hold: Option<Dur<HOUR>>,
+    pub connect_timeout: Option<Dur<HOUR>>,
+    pub response_timeout: Option<Dur<DAY>>,
+    pub idle_timeout: Option<Dur<DAY>>,
     /// IP addresses or CIDR ranges, checked (with their positions) by validation.
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
@@ -111,9 +118,9 @@ pub struct RawProxy {
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
     pub path: Option<String>,
-    pub interval: Option<Dur>,
-    pub timeout: Option<Dur>,
-    pub start_timeout: Option<Dur>,
+    pub interval: Option<Dur<HOUR>>,
+    pub timeout: Option<Dur<HOUR>>,
+    pub start_timeout: Option<Dur<DAY>>,
 }
 
 /// `restart = "always" | "on-failure" | "never"`.
@@ -197,19 +204,79 @@ impl<'de> Deserialize<'de> for EnvValue {
     }
 }
 
-/// A duration written like `500ms`, `10s`, `2m`, `1h 30m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
+/// One hour, in seconds: the cap of timeouts that bound a wait someone is watching.
+pub const HOUR: u64 = 3600;
+/// One day, in seconds: the cap of stop, drain and start timeouts and backoff ceilings.
+pub const DAY: u64 = 24 * HOUR;
+/// 365 days, in seconds: the cap of any duration (and of every duration the CLI reads).
+pub const YEAR: u64 = 365 * DAY;
+/// The largest size any key takes: 1 TiB.
+pub const MAX_SIZE: u64 = 1 << 40;
+/// The most rotated log files (`logs.keep`) or releases (`keep_releases`) kept.
+pub const MAX_KEEP: u32 = 1000;
 
-impl<'de> Deserialize<'de> for Dur {
+/// `86400` -> `1d`: a cap as a duration the config accepts.
+fn secs_text(secs: u64) -> String {
+    if secs % DAY == 0 {
+        format!("{}d", secs / DAY)
+    } else if secs % HOUR == 0 {
+        format!("{}h", secs / HOUR)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// The one duration rule: `d` (written `written`) may not exceed `max_secs`.
+pub fn cap_duration(d: Duration, max_secs: u64, written: &str) -> Result<Duration, String> {
+    if d > Duration::from_secs(max_secs) {
+        return Err(format!(
+            "duration `{}` is too long: the maximum here is {}; write {} or less",
+            written.trim(),
+            secs_text(max_secs),
+            secs_text(max_secs)
+        ));
+    }
+    Ok(d)
+}
+
+/// The one size rule: `n` bytes (written `written`) may not exceed `max` bytes.
+pub fn cap_size(n: u64, max: u64, written: &str) -> Result<u64, String> {
+    if n > max {
+        let shown = if max % MAX_SIZE == 0 {
+            format!("{}TiB", max / MAX_SIZE)
+        } else {
+            format!("{max} bytes")
+        };
+        return Err(format!(
+            "size `{}` is too large: the maximum here is {shown}; write {shown} or less",
+            written.trim()
+        ));
+    }
+    Ok(n)
+}
+
+/// A duration written like `500ms`, `10s`, `2m`, `1h 30m`, at most `MAX_SECS` seconds
+/// (by default [`YEAR`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur<const MAX_SECS: u64 = YEAR>(pub Duration);
+
+impl<'de, const MAX_SECS: u64> Deserialize<'de> for Dur<MAX_SECS> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(Dur).map_err(de::Error::custom)
+        parse_uncapped(&s)
+            .and_then(|d| cap_duration(d, MAX_SECS.min(YEAR), &s))
+            .map(Dur)
+            .map_err(de::Error::custom)
     }
 }
 
 /// Parses `500ms`, `10s`, `2m`... A bare number is refused: the unit must be explicit.
+/// Longer than [`YEAR`] is refused too, so no caller can overflow an `Instant` with it.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    cap_duration(parse_uncapped(s)?, YEAR, s)
+}
+
+fn parse_uncapped(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| {
         format!(
             "invalid duration `{s}` ({e}): write a number and a unit, like `500ms`, `10s` or `2m`"
@@ -217,31 +284,52 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-/// A size in bytes: an integer, or a string like `10MB`, `512KiB`, `1G`.
+/// A count (`logs.keep`) of at most `MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
+pub struct Count<const MAX: u32>(pub u32);
 
-impl<'de> Deserialize<'de> for ByteSize {
+impl<'de, const MAX: u32> Deserialize<'de> for Count<MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ByteSize;
+        let n = u32::deserialize(d)?;
+        if n > MAX {
+            return Err(de::Error::custom(format!(
+                "{n} is too many: the maximum here is {MAX}"
+            )));
+        }
+        Ok(Count(n))
+    }
+}
+
+/// A size in bytes: an integer, or a string like `10MB`, `512KiB`, `1G`; at most `MAX`
+/// bytes (by default [`MAX_SIZE`], 1 TiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize<const MAX: u64 = MAX_SIZE>(pub u64);
+
+impl<'de, const MAX: u64> Deserialize<'de> for ByteSize<MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<const MAX: u64>;
+        impl<const MAX: u64> Visitor<'_> for V<MAX> {
+            type Value = ByteSize<MAX>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a size like \"10MB\" or a number of bytes")
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize<MAX>, E> {
+                let v = u64::try_from(v).map_err(|_| E::custom("a size cannot be negative"))?;
+                self.visit_u64(v)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize<MAX>, E> {
+                cap_size(v, MAX, &v.to_string())
                     .map(ByteSize)
-                    .map_err(|_| E::custom("a size cannot be negative"))
+                    .map_err(E::custom)
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
-                Ok(ByteSize(v))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
-                parse_size(v).map(ByteSize).map_err(E::custom)
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize<MAX>, E> {
+                parse_size(v)
+                    .and_then(|n| cap_size(n, MAX, v))
+                    .map(ByteSize)
+                    .map_err(E::custom)
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V::<MAX>)
     }
 }
 
@@ -262,8 +350,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" => 1024 * 1024,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1024 * 1024 * 1024,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
         _ => return Err(bad()),
     };
+    // Float to int saturates: an absurd size becomes u64::MAX, which the cap refuses.
     Ok((n * mult as f64) as u64)
 }
 

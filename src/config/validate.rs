@@ -106,7 +106,7 @@ fn resolve_logs(base: Option<LogsConfig>, raw: Option<RawLogs>) -> LogsConfig {
         None => base,
         Some(r) => LogsConfig {
             max_size: r.max_size.map_or(base.max_size, |s| s.0.max(1024)),
-            keep: r.keep.unwrap_or(base.keep),
+            keep: r.keep.map_or(base.keep, |k| k.0),
         },
     }
 }
@@ -207,10 +207,15 @@ fn resolve_app(
         let p: PathBuf = root.join(ef.get_ref());
         match envfile::read(&p) {
             Ok(vars) => env.extend(vars),
-            Err(e) => cx.error(
+            Err(e @ envfile::EnvFileError::Read { .. }) => cx.error(
                 Some(ef.span()),
-                format!("cannot use env_file {}: {e}", p.display()),
+                format!("cannot use env_file: {e}"),
                 Some("create the file, or remove `env_file`".into()),
+            ),
+            Err(e @ envfile::EnvFileError::Line { .. }) => cx.error(
+                Some(ef.span()),
+                format!("cannot use env_file: {e}"),
+                Some("write one KEY=VALUE per line (`#` starts a comment)".into()),
             ),
         }
     }
@@ -608,6 +613,17 @@ fn resolve_lisp(
             cx.error(Some(k.span()), "`keep_releases` must be at least 1", None);
             KEEP_RELEASES
         }
+        Some(k) if *k.get_ref() > super::raw::MAX_KEEP => {
+            cx.error(
+                Some(k.span()),
+                format!(
+                    "`keep_releases` is too large: the maximum is {}",
+                    super::raw::MAX_KEEP
+                ),
+                Some("keep fewer releases; older ones can be rebuilt from git".into()),
+            );
+            KEEP_RELEASES
+        }
         Some(k) => *k.get_ref(),
         None => KEEP_RELEASES,
     };
@@ -747,4 +763,192 @@ fn explain(message: &str) -> (String, Option<String>) {
         }
     }
     (message.trim().to_owned(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64*: deterministic, so a failure reproduces.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    const SEED: &str = r#"[app.web]
+command = ["python3", "app.py"]
+cwd = "."
+env = { APP_ENV = "production", N = 3 }
+env_file = ".env"
+port = 8080
+bind = "127.0.0.1"
+port_env = "PORT"
+instances = 2
+restart = "on-failure"
+backoff = { initial = "100ms", max = "30s", reset_after = "1s", crashloop_after = 5 }
+health = { path = "/health", interval = "1s", timeout = "2s", start_timeout = "60s" }
+stop = { signal = "SIGTERM", timeout = "10s" }
+reload = "blue-green"
+proxy = { hold = "30s", trusted_proxies = ["10.0.0.0/8"] }
+logs = { max_size = "10MB", keep = 5 }
+
+[app.lisp]
+lisp = { system = "hello", entry = "hello:main" }
+swank_port = 4005
+reload_eval = "(asdf:load-system \"hello\")"
+
+[admin]
+listen = "127.0.0.1:9180"
+token = "t"
+
+[logs]
+max_size = 1048576
+"#;
+
+    /// Tokens that steer mutations towards the interesting corners: huge and negative
+    /// numbers, durations and sizes past their caps, unbalanced brackets and quotes.
+    const TOKENS: &[&str] = &[
+        "300000000000y",
+        "18446744073709551615",
+        "-1",
+        "1e308",
+        "99999999999999999999TB",
+        "\"",
+        "[",
+        "]",
+        "{",
+        "}",
+        "=",
+        ",",
+        "\n",
+        "'''",
+        "\"\"\"",
+        "0",
+        "65536",
+        "4294967296",
+        "\"1h\"",
+        "\"0s\"",
+        "\"1TiB\"",
+        "inf",
+        "nan",
+        "[app.x]",
+        "\u{1b}",
+        "é",
+        "\\u0000",
+        "port",
+        "instances",
+        "swank_port",
+        "keep",
+        "hold",
+        "((((((",
+        "))",
+        "\"300000000000y\"",
+        "\"584942417355y\"",
+        "\"9999999999999999999ms\"",
+        "\"1d\"",
+        "\"1PB\"",
+        "\"16EiB\"",
+        "4294967295",
+    ];
+
+    /// Every duration and size of a resolved config is within its cap, and usable in
+    /// `Instant` arithmetic.
+    fn assert_within_limits(c: &Config, text: &str) {
+        use super::super::raw::{MAX_KEEP, MAX_SIZE, YEAR};
+        let year = Duration::from_secs(YEAR);
+        for a in &c.apps {
+            for d in [
+                a.backoff.initial,
+                a.backoff.max,
+                a.backoff.reset_after,
+                a.stop.timeout,
+                a.health.interval,
+                a.health.timeout,
+                a.health.start_timeout,
+                a.proxy.hold,
+                a.proxy.connect_timeout,
+                a.proxy.response_timeout,
+                a.proxy.idle_timeout,
+            ] {
+                assert!(d <= year, "{d:?} passed validation in:\n{text}");
+                assert!(std::time::Instant::now().checked_add(d * 2).is_some());
+            }
+            assert!(a.logs.max_size <= MAX_SIZE, "size passed in:\n{text}");
+            assert!(a.logs.keep <= MAX_KEEP, "keep passed in:\n{text}");
+        }
+    }
+
+    /// Property: whatever the document (a valid config mutated at random, bounded and
+    /// deterministic), validation returns `Ok` or diagnostics; it never panics.
+    #[test]
+    fn mutated_configs_never_panic_validation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(".env"), "A=1\n").expect("write .env");
+        let file = dir.path().join("windlass.toml");
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let mut accepted = 0;
+        for _ in 0..4_000 {
+            let mut doc = SEED.as_bytes().to_vec();
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(doc.len() + 1);
+                match rng.below(5) {
+                    4 => {
+                        // Replace one quoted value (or number) with a token.
+                        let starts: Vec<usize> = doc
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, b)| **b == b'"' || **b == b'=')
+                            .map(|(i, _)| i)
+                            .collect();
+                        let Some(&s) = starts.get(rng.below(starts.len())) else {
+                            continue;
+                        };
+                        let s = if doc[s] == b'=' { s + 2 } else { s };
+                        let end = doc
+                            .iter()
+                            .skip(s.min(doc.len()))
+                            .position(|b| matches!(b, b',' | b'}' | b'\n'))
+                            .map_or(doc.len(), |n| s + n);
+                        let t = TOKENS[rng.below(TOKENS.len())].as_bytes();
+                        if s <= end {
+                            doc.splice(s..end, t.iter().copied());
+                        }
+                    }
+                    0 => {
+                        let end = (at + rng.below(12)).min(doc.len());
+                        doc.drain(at..end);
+                    }
+                    1 => {
+                        let t = TOKENS[rng.below(TOKENS.len())].as_bytes();
+                        doc.splice(at..at, t.iter().copied());
+                    }
+                    2 if at < doc.len() => doc[at] = (rng.next() & 0xff) as u8,
+                    _ => {
+                        let end = (at + rng.below(20)).min(doc.len());
+                        let copy = doc[at..end].to_vec();
+                        let to = rng.below(doc.len() + 1);
+                        doc.splice(to..to, copy);
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&doc);
+            if let Ok(c) = from_toml(&file, dir.path(), &text) {
+                accepted += 1;
+                assert_within_limits(&c, &text);
+            }
+        }
+        // The mutations keep some documents valid, so the limits are really exercised.
+        assert!(
+            accepted > 100,
+            "only {accepted} mutated documents were valid"
+        );
+    }
 }

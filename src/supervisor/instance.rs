@@ -656,7 +656,7 @@ async fn after_exit(
             }
             ctx.set(|s| {
                 s.state = state;
-                s.next_start = Some(Instant::now() + delay);
+                s.next_start = Some(super::instant_after(delay));
             });
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);

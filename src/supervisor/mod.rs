@@ -134,6 +134,15 @@ struct InstanceHandle {
 }
 
 /// Seconds since the Unix epoch, as a float (the API's time format).
+/// `now + d`, saturating at a far future (about 30 years) instead of panicking: config
+/// durations are capped at validation, and this keeps that cap from being load-bearing.
+pub(crate) fn instant_after(d: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
 pub fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

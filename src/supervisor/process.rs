@@ -103,7 +103,7 @@ pub async fn stop_group(
     timeout: Duration,
     mut force: watch::Receiver<bool>,
 ) -> std::io::Result<ExitStatus> {
-    let deadline = Instant::now() + timeout;
+    let deadline = super::instant_after(timeout);
     if *force.borrow() {
         signal_group(pgid, Signal::SIGKILL);
     } else {

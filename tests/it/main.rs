@@ -10,6 +10,7 @@ mod dashboard;
 mod discovery;
 mod docs;
 mod init;
+mod limits;
 mod lisp;
 mod lisp_module;
 mod logs;
