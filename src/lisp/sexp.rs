@@ -4,11 +4,18 @@
 //! numbers, `#\c`, `#(...)`, `#:sym`, quote) and treats every input as untrusted: swank
 //! replies and app output can be anything, so malformed, truncated or hostile input
 //! (deep nesting, huge tokens) yields a [`SexpError`], never a panic.
+//!
+//! Memory is bounded by the input: the reader walks the text in place (no per-character
+//! copy), nesting is capped at [`MAX_DEPTH`] and a datum at [`MAX_NODES`] atoms and lists,
+//! so a 16 MiB message of `()()()...` cannot become hundreds of MiB of nodes.
 
 use std::fmt;
 
 /// Nesting deeper than this is rejected rather than risking the stack.
-const MAX_DEPTH: usize = 256;
+pub const MAX_DEPTH: usize = 256;
+/// A datum with more atoms and lists than this is rejected (a node is 32 bytes; swank's
+/// messages have a few hundred, its largest, `:indentation-update`, a few thousand).
+pub const MAX_NODES: usize = 1 << 18;
 
 /// One Lisp datum as read from text.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +43,8 @@ pub enum SexpError {
     Unexpected { found: char, at: usize },
     #[error("nesting deeper than {MAX_DEPTH} at byte {0}")]
     TooDeep(usize),
+    #[error("more than {MAX_NODES} atoms and lists (at byte {0})")]
+    TooLarge(usize),
     #[error("trailing text after the datum at byte {0}")]
     Trailing(usize),
     #[error("unsupported `#{found}` syntax at byte {at}")]
@@ -135,9 +144,10 @@ impl fmt::Display for Sexp {
 /// Read exactly one datum from `input` (surrounding whitespace allowed).
 pub fn parse(input: &str) -> Result<Sexp, SexpError> {
     let mut reader = Reader {
-        chars: input.char_indices().collect(),
+        input,
         pos: 0,
         len: input.len(),
+        nodes: 0,
     };
     let value = reader.read(0)?;
     reader.skip_whitespace();
@@ -147,27 +157,38 @@ pub fn parse(input: &str) -> Result<Sexp, SexpError> {
     }
 }
 
-struct Reader {
-    chars: Vec<(usize, char)>,
+/// A cursor over the text: `pos` is a byte offset, always on a character boundary.
+struct Reader<'a> {
+    input: &'a str,
     pos: usize,
     len: usize,
+    /// Atoms and lists read so far.
+    nodes: usize,
 }
 
 fn is_terminator(c: char) -> bool {
     c.is_whitespace() || matches!(c, '(' | ')' | '"' | '\'' | ';' | '`' | ',')
 }
 
-impl Reader {
+impl Reader<'_> {
     fn peek(&self) -> Option<(usize, char)> {
-        self.chars.get(self.pos).copied()
+        self.input
+            .get(self.pos..)
+            .and_then(|rest| rest.chars().next())
+            .map(|c| (self.pos, c))
     }
 
     fn next(&mut self) -> Option<(usize, char)> {
         let item = self.peek();
-        if item.is_some() {
-            self.pos += 1;
+        if let Some((_, c)) = item {
+            self.pos += c.len_utf8();
         }
         item
+    }
+
+    /// Steps over the character `c` just peeked.
+    fn skip(&mut self, c: char) {
+        self.pos += c.len_utf8();
     }
 
     fn offset(&self) -> usize {
@@ -177,7 +198,7 @@ impl Reader {
     fn skip_whitespace(&mut self) {
         while let Some((_, c)) = self.peek() {
             if c.is_whitespace() {
-                self.pos += 1;
+                self.skip(c);
             } else if c == ';' {
                 while let Some((_, c)) = self.next() {
                     if c == '\n' {
@@ -194,6 +215,10 @@ impl Reader {
         if depth > MAX_DEPTH {
             return Err(SexpError::TooDeep(self.offset()));
         }
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            return Err(SexpError::TooLarge(self.offset()));
+        }
         self.skip_whitespace();
         let (at, c) = self.next().ok_or(SexpError::Eof(self.len))?;
         match c {
@@ -206,7 +231,7 @@ impl Reader {
             }
             '#' => self.read_dispatch(depth, at),
             _ => {
-                self.pos -= 1;
+                self.pos = at;
                 self.read_atom()
             }
         }
@@ -255,7 +280,7 @@ impl Reader {
                         break;
                     }
                     name.push(c);
-                    self.pos += 1;
+                    self.skip(c);
                 }
                 Ok(Sexp::Symbol(name))
             }
@@ -278,7 +303,7 @@ impl Reader {
             match c {
                 '|' => {
                     escaped = true;
-                    self.pos += 1;
+                    self.skip(c);
                     loop {
                         match self.next() {
                             None => return Err(SexpError::Eof(self.len)),
@@ -293,14 +318,14 @@ impl Reader {
                 }
                 '\\' => {
                     escaped = true;
-                    self.pos += 1;
+                    self.skip(c);
                     let (_, e) = self.next().ok_or(SexpError::Eof(self.len))?;
                     token.push(e);
                 }
                 c if is_terminator(c) => break,
                 c => {
                     token.push(c);
-                    self.pos += 1;
+                    self.skip(c);
                 }
             }
         }
@@ -424,5 +449,101 @@ mod tests {
             }
         }
         assert!(parse(text).is_ok());
+    }
+
+    #[test]
+    fn nesting_and_size_are_bounded() {
+        let nested = |n: usize| format!("{}x{}", "(".repeat(n), ")".repeat(n));
+        assert!(parse(&nested(MAX_DEPTH)).is_ok());
+        assert!(matches!(
+            parse(&nested(MAX_DEPTH + 2)),
+            Err(SexpError::TooDeep(_))
+        ));
+        let quotes = format!("{}x", "'".repeat(10_000));
+        assert!(matches!(parse(&quotes), Err(SexpError::TooDeep(_))));
+        // Many small nodes: refused before they become 32 bytes each.
+        let wide = format!("({})", "() ".repeat(MAX_NODES));
+        assert!(matches!(parse(&wide), Err(SexpError::TooLarge(_))));
+        let fits = format!("({})", "a ".repeat(MAX_NODES - 1));
+        assert!(parse(&fits).is_ok());
+        // One big string is one node.
+        let big = format!("(:write-string \"{}\")", "é".repeat(1 << 20));
+        assert!(parse(&big).is_ok());
+    }
+
+    /// xorshift64*: deterministic, so a failure reproduces.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Property: mutated swank messages (bounded, deterministic) are read or refused,
+    /// never a panic; printing what was read and reading that again does not panic either.
+    #[test]
+    fn mutated_messages_never_panic() {
+        const SEEDS: &[&str] = &[
+            r#"(:return (:ok ("out \"q\"" "42")) 17)"#,
+            r#"(:debug 1 1 ("err" "type" nil) (("ABORT" "x")) ((0 "frame")) (nil))"#,
+            r#"(:indentation-update (("with-foo" . 1) ("def-bar" . 2)))"#,
+            r#"(swank:foo nil t 1.5d0 1/2 #\a #(1 2) #:g1 |a b| 'x #'car -3 :kw é)"#,
+        ];
+        const BITS: &[&str] = &[
+            "(",
+            ")",
+            "\"",
+            "\\",
+            "|",
+            "#",
+            "#\\",
+            "#:",
+            "#(",
+            "'",
+            ";",
+            "\n",
+            " ",
+            "é",
+            "\u{0}",
+            "18446744073709551616",
+            "-",
+            ".",
+            ":",
+            "1/",
+            "`",
+            ",",
+        ];
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..20_000 {
+            let mut text: Vec<char> = SEEDS[rng.below(SEEDS.len())].chars().collect();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(text.len() + 1);
+                match rng.below(3) {
+                    0 => {
+                        let end = (at + rng.below(8)).min(text.len());
+                        text.drain(at..end);
+                    }
+                    1 => {
+                        let bit = BITS[rng.below(BITS.len())];
+                        text.splice(at..at, bit.chars());
+                    }
+                    _ => {
+                        let c = char::from_u32((rng.next() % 0x250) as u32).unwrap_or('?');
+                        text.insert(at, c);
+                    }
+                }
+            }
+            let text: String = text.into_iter().collect();
+            if let Ok(v) = parse(&text) {
+                let printed = v.to_string();
+                let _ = parse(&printed);
+            }
+        }
     }
 }

@@ -6,7 +6,11 @@
 //! `:emacs-pong`, and answering `:debug` (an error reached swank's debugger) with
 //! `sldb-abort` so the image never sits in the debugger; the condition text from the
 //! `:debug` message is reported. Replies are untrusted: bad framing or syntax is an
-//! error, never a panic; every call has a deadline.
+//! error, never a panic; every call has a deadline. A message is at most [`MAX_MESSAGE`]
+//! bytes (swank's own limit, the most six hex digits can say); its payload is read in
+//! chunks of at most [`CHUNK`] bytes, so memory follows what actually arrived, never the
+//! length the peer announced; the reader then bounds nesting and node count
+//! ([`sexp::MAX_DEPTH`], [`sexp::MAX_NODES`]).
 //!
 //! Reload: compiler diagnostics go to the app's stderr, not to swank, so
 //! [`swank_eval_script`] wraps the reload form to collect warnings, the error and the
@@ -27,8 +31,10 @@ use tokio::net::TcpStream;
 
 use crate::lisp::sexp::{self, Sexp, SexpError};
 
-/// Messages larger than this are refused (swank's own limit is 2^24 - 1).
-const MAX_MESSAGE: usize = 0xFF_FFFF;
+/// Messages larger than this are refused (swank's own limit, 2^24 - 1 bytes).
+pub const MAX_MESSAGE: usize = 0xFF_FFFF;
+/// The most a message's buffer grows by per read.
+pub const CHUNK: usize = 64 * 1024;
 /// The package evaluation happens in unless told otherwise.
 pub const DEFAULT_PACKAGE: &str = "COMMON-LISP-USER";
 
@@ -254,23 +260,8 @@ impl SwankClient {
     }
 
     async fn receive(&mut self) -> Result<Sexp, SwankError> {
-        let mut header = [0u8; 6];
-        match self.stream.read_exact(&mut header).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(SwankError::Closed);
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let length = parse_header(&header)?;
-        let mut payload = vec![0u8; length];
-        match self.stream.read_exact(&mut payload).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(SwankError::Closed);
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let mut payload = Vec::new();
+        read_frame(&mut self.stream, &mut payload, MAX_MESSAGE).await?;
         Ok(sexp::parse(&String::from_utf8_lossy(&payload))?)
     }
 
@@ -284,6 +275,43 @@ impl SwankClient {
         let result = self.eval(METRICS_FORM, DEFAULT_PACKAGE).await?;
         parse_metrics(&result.value)
     }
+}
+
+/// Reads one message (header and payload) into `payload`, refusing one longer than `max`
+/// before reading it. The buffer grows by at most [`CHUNK`] per read, so it never holds
+/// much more than what the peer really sent.
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    payload: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), SwankError> {
+    let eof = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            SwankError::Closed
+        } else {
+            SwankError::Io(e)
+        }
+    };
+    let mut header = [0u8; 6];
+    reader.read_exact(&mut header).await.map_err(eof)?;
+    let length = parse_header(&header)?;
+    if length > max {
+        return Err(SwankError::Protocol(format!(
+            "a message of {length} bytes announced, more than the {max} accepted"
+        )));
+    }
+    payload.clear();
+    while payload.len() < length {
+        let start = payload.len();
+        let want = (length - start).min(CHUNK);
+        payload.resize(start + want, 0);
+        let got = reader.read(&mut payload[start..]).await?;
+        payload.truncate(start + got);
+        if got == 0 {
+            return Err(SwankError::Closed);
+        }
+    }
+    Ok(())
 }
 
 /// The six hex digit length header.
@@ -547,5 +575,164 @@ mod tests {
             matches!(error, SwankError::Timeout(_) | SwankError::Closed),
             "{error}"
         );
+    }
+
+    /// xorshift64*: deterministic, so a failure reproduces.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Hands out `data` a random few bytes per read, as a TCP peer might.
+    struct Chunked {
+        data: Vec<u8>,
+        pos: usize,
+        rng: Rng,
+    }
+
+    impl tokio::io::AsyncRead for Chunked {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let this = &mut *self;
+            let left = this.data.len() - this.pos;
+            let n = (1 + this.rng.below(700)).min(left).min(buf.remaining());
+            buf.put_slice(&this.data[this.pos..this.pos + n]);
+            this.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Property: any run of frames, cut into random chunks, reads back as the same
+    /// payloads; garbage and truncation are errors, never a panic or a hang.
+    #[tokio::test]
+    async fn framing_reads_back_what_was_framed_in_any_chunking() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for round in 0..300 {
+            let mut payloads = Vec::new();
+            let mut data = Vec::new();
+            for _ in 0..rng.below(8) {
+                let p: Vec<u8> = (0..rng.below(3000))
+                    .map(|_| (rng.next() & 0xff) as u8)
+                    .collect();
+                data.extend_from_slice(format!("{:06x}", p.len()).as_bytes());
+                data.extend_from_slice(&p);
+                payloads.push(p);
+            }
+            // Every third round: break the stream somewhere.
+            let broken = round % 3 == 0 && !data.is_empty();
+            if broken {
+                match rng.below(3) {
+                    0 => data.truncate(rng.below(data.len())),
+                    1 => {
+                        let at = rng.below(data.len());
+                        data[at] = (rng.next() & 0xff) as u8;
+                    }
+                    _ => {
+                        data.splice(0..0, *b"zz");
+                    }
+                }
+            }
+            let mut reader = Chunked {
+                data,
+                pos: 0,
+                rng: Rng(rng.next() | 1),
+            };
+            let mut got = Vec::new();
+            let mut buf = Vec::new();
+            let end = loop {
+                match read_frame(&mut reader, &mut buf, MAX_MESSAGE).await {
+                    Ok(()) => got.push(buf.clone()),
+                    Err(e) => break e,
+                }
+                assert!(got.len() <= 16, "more frames than were sent");
+            };
+            if !broken {
+                assert_eq!(got, payloads);
+                assert!(matches!(end, SwankError::Closed), "{end}");
+            } else {
+                assert!(
+                    matches!(end, SwankError::Closed | SwankError::Protocol(_)),
+                    "{end}"
+                );
+            }
+        }
+    }
+
+    /// A peer that announces the largest message and sends a few bytes costs a few bytes
+    /// (not 16 MiB up front); one past the accepted size is refused before any allocation.
+    #[tokio::test]
+    async fn the_announced_length_is_not_trusted() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            socket.write_all(b"ffffff(:return").await.expect("write");
+            // Then silence, then close.
+            socket
+        });
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let socket = server.await.expect("server");
+        let mut buf = Vec::new();
+        let reading = read_frame(&mut stream, &mut buf, MAX_MESSAGE);
+        let timed_out = tokio::time::timeout(Duration::from_millis(100), reading).await;
+        assert!(timed_out.is_err(), "waits for the rest");
+        drop(socket);
+        let e = read_frame(&mut stream, &mut buf, MAX_MESSAGE)
+            .await
+            .expect_err("closed");
+        assert!(matches!(e, SwankError::Closed), "{e}");
+        assert!(
+            buf.capacity() <= 2 * CHUNK,
+            "{} bytes allocated for a 14-byte message",
+            buf.capacity()
+        );
+
+        // Past the limit: refused from the header.
+        let mut over: &[u8] = b"000401xxxx";
+        let mut buf = Vec::new();
+        let e = read_frame(&mut over, &mut buf, 1024)
+            .await
+            .expect_err("too large");
+        assert!(
+            matches!(&e, SwankError::Protocol(m) if m.contains("1025 bytes")),
+            "{e}"
+        );
+        assert_eq!(buf.capacity(), 0);
+    }
+
+    /// A reply with too many nodes or too deep a nesting is an error for the caller.
+    #[tokio::test]
+    async fn hostile_replies_are_refused() {
+        let wide: &'static str =
+            Box::leak(format!("({})", "() ".repeat(sexp::MAX_NODES)).into_boxed_str());
+        let deep: &'static str =
+            Box::leak(format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000)).into_boxed_str());
+        for reply in [wide, deep] {
+            let (addr, _server) = scripted(vec![reply]).await;
+            let mut client = SwankClient::connect(addr).await.expect("connect");
+            client.set_timeout(Duration::from_secs(10));
+            let e = client
+                .eval("1", DEFAULT_PACKAGE)
+                .await
+                .expect_err("refused");
+            assert!(
+                matches!(
+                    e,
+                    SwankError::Syntax(SexpError::TooLarge(_) | SexpError::TooDeep(_))
+                ),
+                "{e}"
+            );
+        }
     }
 }
