@@ -538,7 +538,7 @@ _windlass() {
             return 0
             ;;
         windlass__subcmd__logs)
-            opts="-f -n -v -h -V --follow --lines --json --file --verbose --help --version"
+            opts="-f -n -v -h -V --follow --lines --json --raw --file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

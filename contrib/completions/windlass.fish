@@ -71,6 +71,7 @@ complete -c windlass -n "__fish_windlass_using_subcommand logs" -s n -l lines -d
 complete -c windlass -n "__fish_windlass_using_subcommand logs" -l file -d 'The config file' -r -F
 complete -c windlass -n "__fish_windlass_using_subcommand logs" -s f -l follow -d 'Keep printing new lines as they come'
 complete -c windlass -n "__fish_windlass_using_subcommand logs" -l json -d 'One JSON object per line: {ts, app, instance, stream, line}'
+complete -c windlass -n "__fish_windlass_using_subcommand logs" -l raw -d 'Print what the apps wrote as is: escape sequences reach the terminal. By default, control characters (ESC, other C0 but tab, DEL, C1) are shown as `\\xNN`'
 complete -c windlass -n "__fish_windlass_using_subcommand logs" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
 complete -c windlass -n "__fish_windlass_using_subcommand logs" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c windlass -n "__fish_windlass_using_subcommand logs" -s V -l version -d 'Print version'
