@@ -118,9 +118,12 @@ pub fn run(args: Args) -> Result {
             errors: error_reports(e),
         },
     };
+    // Warnings quote another process's command line: C1 and DEL escaped too.
     println!(
         "{}",
-        serde_json::to_string_pretty(&report).expect("the report is plain data")
+        output::json_for_terminal(
+            &serde_json::to_string_pretty(&report).expect("the report is plain data")
+        )
     );
     Ok(if report.ok { exit::OK } else { exit::USAGE })
 }

@@ -386,3 +386,28 @@ pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
         format!("unknown signal `{s}`: use a name like SIGTERM, SIGINT, SIGQUIT or SIGHUP")
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_stop_at_their_caps() {
+        assert_eq!(parse_size("1TiB"), Ok(MAX_SIZE));
+        assert_eq!(parse_size("2tb"), Ok(2_000_000_000_000));
+        // Absurd sizes saturate instead of wrapping, and the cap refuses them.
+        let huge = parse_size("99999999999999999999999TB").expect("a number");
+        assert_eq!(huge, u64::MAX);
+        assert!(cap_size(huge, MAX_SIZE, "x").is_err());
+        assert!(cap_size(MAX_SIZE, MAX_SIZE, "x").is_ok());
+        assert!(parse_duration("365d").is_ok());
+        let e = parse_duration("366d").expect_err("past a year");
+        assert!(e.contains("maximum here is 365d"), "{e}");
+        assert!(parse_duration("300000000000y").is_err());
+        assert!(parse_duration("99999999999999999999999y").is_err());
+        let d: Dur<HOUR> = toml::from_str::<BTreeMap<String, Dur<HOUR>>>("a = \"3601s\"")
+            .map(|m| m["a"])
+            .unwrap_or(Dur(Duration::ZERO));
+        assert_eq!(d, Dur(Duration::ZERO), "3601s is refused under a 1h cap");
+    }
+}
