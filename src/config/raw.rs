@@ -103,6 +103,8 @@ pub struct RawProxy {
     pub connect_timeout: Option<Dur>,
     pub response_timeout: Option<Dur>,
     pub idle_timeout: Option<Dur>,
+    pub header_timeout: Option<Dur>,
+    pub body_timeout: Option<Dur>,
     /// IP addresses or CIDR ranges, checked (with their positions) by validation.
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
