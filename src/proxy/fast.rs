@@ -1188,4 +1188,134 @@ mod tests {
         s.close();
         assert!(s.done());
     }
+
+    /// xorshift64*: deterministic, so a failure reproduces.
+    fn prng(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed;
+        move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+    }
+
+    /// Generated valid chunked bodies (sizes in any case with leading zeros, extensions,
+    /// trailers), followed by the next message, fed in random pieces: the parser takes
+    /// exactly the body, never fails, and is done exactly at its last byte.
+    #[test]
+    fn generated_chunked_bodies_end_exactly_at_their_end() {
+        let mut next = prng(0xD1B5_4A32_D192_ED03);
+        for _ in 0..2_000 {
+            let mut body = Vec::new();
+            for _ in 0..next() % 6 {
+                let size = (next() % 300 + 1) as usize;
+                let hex = format!("{:0width$x}", size, width = (next() % 4) as usize);
+                let hex = if next() % 2 == 0 {
+                    hex.to_uppercase()
+                } else {
+                    hex
+                };
+                body.extend_from_slice(hex.as_bytes());
+                if next() % 3 == 0 {
+                    body.extend_from_slice(b";name=\"v;x\"");
+                }
+                body.extend_from_slice(b"\r\n");
+                body.extend((0..size).map(|_| next() as u8));
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n");
+            for _ in 0..next() % 3 {
+                body.extend_from_slice(b"X-Trailer: a\r\n");
+            }
+            body.extend_from_slice(b"\r\n");
+            let mut input = body.clone();
+            input.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+            let mut s = BodyState::new(Framing::Chunked);
+            let mut taken = 0;
+            let mut at = 0;
+            while at < input.len() && !s.done() {
+                let step = (1 + next() % 64) as usize;
+                let piece = &input[at..(at + step).min(input.len())];
+                let t = s.feed(piece);
+                assert!(t <= piece.len());
+                taken += t;
+                at += piece.len();
+                assert_eq!(s.done(), taken == body.len(), "done exactly at the end");
+            }
+            assert!(
+                s.done() && !s.failed(),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+            assert_eq!(taken, body.len());
+        }
+    }
+
+    /// Generated plain requests, cut anywhere: partial before their last byte, complete
+    /// with their exact length at it, whatever follows (a pipelined request).
+    #[test]
+    fn generated_heads_are_partial_until_their_last_byte() {
+        let mut next = prng(0x94D0_49BB_1331_11EB);
+        const METHODS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "DELETE"];
+        const HEADERS: [&str; 8] = [
+            "Accept: */*",
+            "Connection: keep-alive",
+            "Connection: close",
+            "Content-Length: 0",
+            "X-Forwarded-For: 10.0.0.1",
+            "Forwarded: for=1.2.3.4",
+            "X-Request-Id: abc",
+            "Cookie: a=b; c=d",
+        ];
+        for _ in 0..2_000 {
+            let method = METHODS[(next() % 4) as usize];
+            let mut head = format!(
+                "{method} /p{}?q={} HTTP/1.1\r\n",
+                next() % 100,
+                next() % 100
+            );
+            let host_at = next() % 4;
+            for i in 0..next() % 6 {
+                if i == host_at {
+                    head.push_str("Host: example.test\r\n");
+                }
+                head.push_str(HEADERS[(next() % HEADERS.len() as u64) as usize]);
+                head.push_str(if next() % 2 == 0 { "\r\n" } else { "\n" });
+            }
+            if !head.contains("Host:") {
+                head.push_str("Host: h\r\n");
+            }
+            head.push_str("\r\n");
+            let mut input = head.clone().into_bytes();
+            input.extend_from_slice(b"GET /next HTTP/1.1\r\n");
+            let trusted = next() % 2 == 0;
+            let mut out = Vec::new();
+            for cut in 1..head.len() {
+                assert!(
+                    matches!(
+                        parse_request(&input[..cut], "192.0.2.7", trusted, &mut out),
+                        Parsed::Partial
+                    ),
+                    "{head:?} cut at {cut}"
+                );
+            }
+            for end in [head.len(), input.len()] {
+                match parse_request(&input[..end], "192.0.2.7", trusted, &mut out) {
+                    Parsed::Complete(h) => {
+                        assert_eq!(h.len, head.len(), "{head:?}");
+                        assert_eq!(h.head_only, method == "HEAD");
+                        assert_eq!(h.close, head.contains("Connection: close"));
+                        let sent = String::from_utf8(out.clone()).expect("utf8");
+                        assert!(sent.starts_with(&format!("{method} /p")), "{sent}");
+                        assert!(
+                            sent.ends_with("x-real-ip: 192.0.2.7\r\n\r\n") || trusted,
+                            "{sent}"
+                        );
+                    }
+                    _ => panic!("{head:?} not complete"),
+                }
+            }
+        }
+    }
 }

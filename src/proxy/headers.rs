@@ -568,6 +568,84 @@ mod tests {
         }
     }
 
+    /// Generated requests for the hyper path: whatever `Connection` names, no hop-by-hop
+    /// header and no header it names reaches the app, and every other header does.
+    #[test]
+    fn generated_hop_by_hop_headers_never_reach_the_app() {
+        let mut state = 0xBF58_476D_1CE4_E5B9u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        const NAMES: [&str; 10] = [
+            "keep-alive",
+            "te",
+            "trailer",
+            "proxy-connection",
+            "x-a",
+            "x-b",
+            "accept",
+            "cookie",
+            "transfer-encoding",
+            "x-c",
+        ];
+        for _ in 0..3_000 {
+            let mut headers: Vec<(String, String)> = Vec::new();
+            let mut named = Vec::new();
+            for _ in 0..next() % 4 {
+                let mut tokens = Vec::new();
+                for _ in 0..next() % 4 {
+                    let t = NAMES[(next() % NAMES.len() as u64) as usize];
+                    named.push(t);
+                    tokens.push(if next() % 2 == 0 {
+                        t.to_uppercase()
+                    } else {
+                        t.to_owned()
+                    });
+                }
+                if next() % 3 == 0 {
+                    tokens.push("close".into());
+                }
+                headers.push((
+                    "connection".into(),
+                    tokens.join(if next() % 2 == 0 { "," } else { " ,\t" }),
+                ));
+            }
+            for _ in 0..next() % 6 {
+                headers.push((
+                    NAMES[(next() % NAMES.len() as u64) as usize].into(),
+                    "v".into(),
+                ));
+            }
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let mut p = request(&pairs, "/");
+            prepare_request(&mut p, &ip(), None, next() % 2 == 0);
+            for name in p.headers.keys() {
+                let n = name.as_str();
+                assert!(!is_hop_by_hop(name), "{n} survived {headers:?}");
+                assert!(
+                    !named.contains(&n),
+                    "{n} named by Connection survived {headers:?}"
+                );
+            }
+            for (n, _) in &headers {
+                let hop = n == "connection"
+                    || HOP_BY_HOP.iter().any(|h| h.as_str() == n)
+                    || named.contains(&n.as_str());
+                assert_eq!(
+                    p.headers.contains_key(n.as_str()),
+                    !hop,
+                    "{n} in {headers:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn upgrade_requests_keep_the_upgrade_pair() {
         let mut p = request(
