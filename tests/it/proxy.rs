@@ -1829,3 +1829,74 @@ fn error_pages_tell_a_stranger_only_what_failed_and_a_request_id() {
         );
     }
 }
+
+/// An app that answers its health check, and for a POST says so on stdout and reads the
+/// body (a stalled upload holds one of its threads).
+const UPLOAD_APP: &str = r#"
+import os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+    def do_POST(self):
+        print(f"upload started pid={os.getpid()}", flush=True)
+        n = len(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(str(n))))
+        self.end_headers()
+        self.wfile.write(str(n).encode())
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+#[test]
+fn a_stalled_upload_does_not_hold_a_reload() {
+    use crate::helper;
+    use std::io::{Read, Write};
+    let port = helper::free_port();
+    // The drain would wait up to the stop timeout (a minute) for the request.
+    let p = helper::Project::new(&format!(
+        "[app.web]\ncommand = [\"python3\", \"app.py\"]\nport = {port}\n\
+         health = {{ path = \"/health\" }}\nstop = {{ timeout = \"80s\" }}\n\
+         proxy = {{ body_timeout = \"1s\" }}\n"
+    ));
+    p.write("app.py", UPLOAD_APP);
+    let _sup = p.up(&[]);
+    helper::wait_for("the app behind the proxy", helper::DEADLINE, || {
+        helper::http_get(port, "/health")
+            .ok()
+            .filter(|(c, _)| *c == 200)
+    });
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(helper::DEADLINE)).expect("timeout");
+    // 3 bytes of 10, then nothing.
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .expect("write");
+    helper::wait_for("the upload reached the app", helper::DEADLINE, || {
+        p.log_lines("web")
+            .into_iter()
+            .find(|l| l.contains("upload started"))
+    });
+    let o = p.run(&["reload", "web"]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("old drained (1 request(s) in flight)"),
+        "{out}"
+    );
+    assert!(!out.contains("deadline reached"), "{out}");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("the proxy closes the stalled upload");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{got}");
+}
