@@ -200,6 +200,50 @@ impl ProxyError {
     }
 }
 
+/// The app-log lines about failed requests an app gets: a burst of [`NOTE_BURST`], then
+/// [`NOTE_RATE`] a second, so a flood of failing requests cannot rotate the app's own
+/// lines out of its log; the lines left out are counted and the count is told with the
+/// next line written.
+pub(crate) struct NoteBudget(std::sync::Mutex<Budget>);
+
+pub(crate) const NOTE_BURST: f64 = 50.0;
+pub(crate) const NOTE_RATE: f64 = 20.0;
+
+pub(crate) struct Budget {
+    tokens: f64,
+    at: std::time::Instant,
+    skipped: u64,
+}
+
+impl NoteBudget {
+    pub(crate) fn new() -> NoteBudget {
+        NoteBudget(std::sync::Mutex::new(Budget {
+            tokens: NOTE_BURST,
+            at: std::time::Instant::now(),
+            skipped: 0,
+        }))
+    }
+
+    /// `Some(lines left out before this one)` if a line may be written now.
+    pub(crate) fn take(&self) -> Option<u64> {
+        self.take_at(std::time::Instant::now())
+    }
+
+    fn take_at(&self, now: std::time::Instant) -> Option<u64> {
+        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let refill = now.saturating_duration_since(b.at).as_secs_f64() * NOTE_RATE;
+        b.tokens = (b.tokens + refill).min(NOTE_BURST);
+        b.at = b.at.max(now);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Some(std::mem::take(&mut b.skipped))
+        } else {
+            b.skipped += 1;
+            None
+        }
+    }
+}
+
 /// Longest `X-Request-Id` from a client that is reused.
 const MAX_REQUEST_ID: usize = 128;
 
@@ -341,6 +385,21 @@ mod tests {
             assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
             assert!(!fresh[..i].contains(id), "ids repeat: {fresh:?}");
         }
+    }
+
+    #[test]
+    fn app_log_lines_are_rationed_and_the_rest_counted() {
+        let budget = NoteBudget::new();
+        let t0 = std::time::Instant::now();
+        for _ in 0..50 {
+            assert_eq!(budget.take_at(t0), Some(0));
+        }
+        assert_eq!(budget.take_at(t0), None);
+        assert_eq!(budget.take_at(t0), None);
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(budget.take_at(t1), Some(2), "the two left out are told");
+        assert_eq!(budget.take_at(t1), Some(0));
+        assert_eq!(budget.take_at(t1), None);
     }
 
     #[test]

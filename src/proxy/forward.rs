@@ -375,15 +375,25 @@ pub(crate) fn note_error(shared: &Shared, e: &ProxyError, request_id: &str, requ
             tracing::error!(app = %shared.app, error = %e, request_id, "internal proxy error");
         }
     }
-    if let Some(notes) = shared.notes.get() {
-        let status = e.status();
-        notes(&format!(
-            "proxy: {} {} for {request} (request id {request_id}): {}",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("Error"),
-            e.detail(&shared.app)
+    let Some(notes) = shared.notes.get() else {
+        return;
+    };
+    let Some(skipped) = shared.note_budget.take() else {
+        return;
+    };
+    let status = e.status();
+    let mut line = format!(
+        "proxy: {} {} for {request} (request id {request_id}): {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error"),
+        e.detail(&shared.app)
+    );
+    if skipped > 0 {
+        line.push_str(&format!(
+            " ({skipped} failed request(s) before this one not logged: too many at once)"
         ));
     }
+    notes(&line);
 }
 
 /// `METHOD /path` of a request for the log: the query left out, at most 200 bytes.

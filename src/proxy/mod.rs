@@ -58,6 +58,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Where failed requests are reported for the app's log ([`AppProxy::set_notes`]).
     pub(crate) notes: std::sync::OnceLock<Notes>,
+    pub(crate) note_budget: crate::proxy::error::NoteBudget,
 }
 
 /// Writes one line into the app's log (stream `windlass`).
@@ -88,6 +89,7 @@ impl AppProxy {
                 router,
                 metrics: Metrics::default(),
                 notes: std::sync::OnceLock::new(),
+                note_budget: crate::proxy::error::NoteBudget::new(),
             }),
         }
     }
