@@ -1582,8 +1582,9 @@ async fn body_waiting_upstream() -> (SocketAddr, Arc<Stats>, oneshot::Receiver<(
 #[tokio::test]
 async fn a_stalled_request_body_gets_a_408_and_lets_go_of_the_app_and_the_drain() {
     let (up, stats, upstream_eof) = body_waiting_upstream().await;
+    // Long enough for the drain below to start while the request is still in flight.
     let (proxy, addr) = start_proxy(ProxyConfig {
-        body_timeout: Duration::from_millis(300),
+        body_timeout: Duration::from_secs(1),
         ..quick_cfg()
     })
     .await;
@@ -1859,11 +1860,12 @@ fn a_stalled_upload_does_not_hold_a_reload() {
     use crate::helper;
     use std::io::{Read, Write};
     let port = helper::free_port();
-    // The drain would wait up to the stop timeout (a minute) for the request.
+    // The drain would wait up to the stop timeout (80 s) for the request; the body timeout
+    // leaves the new instance time to start while the request is still in flight.
     let p = helper::Project::new(&format!(
         "[app.web]\ncommand = [\"python3\", \"app.py\"]\nport = {port}\n\
          health = {{ path = \"/health\" }}\nstop = {{ timeout = \"80s\" }}\n\
-         proxy = {{ body_timeout = \"1s\" }}\n"
+         proxy = {{ body_timeout = \"5s\" }}\n"
     ));
     p.write("app.py", UPLOAD_APP);
     let _sup = p.up(&[]);
