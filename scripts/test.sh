@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
+command -v ip >/dev/null || need+=(iproute2)                   # the non-loopback client test (a network namespace)
 command -v promtool >/dev/null || need+=(prometheus)            # promtool check metrics
 command -v chromium >/dev/null || need+=(chromium)              # the dashboard test
 command -v chromedriver >/dev/null || need+=(chromium-driver)

@@ -235,7 +235,11 @@ pub struct ProxySettings {
     pub response_timeout: Duration,
     /// A client connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
-    /// Clients whose `X-Forwarded-Proto`/`-Host` are kept.
+    /// A client that has begun a request head must finish it within this (then 408).
+    pub header_timeout: Duration,
+    /// A request body that sends nothing for this long ends the exchange (then 408).
+    pub body_timeout: Duration,
+    /// Clients whose forwarding headers are kept.
     pub trusted_proxies: Vec<crate::proxy::IpRange>,
 }
 
@@ -246,6 +250,8 @@ impl Default for ProxySettings {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
         }
     }

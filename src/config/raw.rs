@@ -110,6 +110,8 @@ pub struct RawProxy {
     pub connect_timeout: Option<Dur<HOUR>>,
     pub response_timeout: Option<Dur<DAY>>,
     pub idle_timeout: Option<Dur<DAY>>,
+    pub header_timeout: Option<Dur<HOUR>>,
+    pub body_timeout: Option<Dur<DAY>>,
     /// IP addresses or CIDR ranges, checked (with their positions) by validation.
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }

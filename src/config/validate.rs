@@ -358,6 +358,8 @@ fn resolve_app(
             connect_timeout: p.connect_timeout.map_or(pd.connect_timeout, |x| x.0),
             response_timeout: p.response_timeout.map_or(pd.response_timeout, |x| x.0),
             idle_timeout: p.idle_timeout.map_or(pd.idle_timeout, |x| x.0),
+            header_timeout: p.header_timeout.map_or(pd.header_timeout, |x| x.0),
+            body_timeout: p.body_timeout.map_or(pd.body_timeout, |x| x.0),
             trusted_proxies: p
                 .trusted_proxies
                 .unwrap_or_default()

@@ -8,7 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::proxy::Shared;
 use crate::proxy::backend::InFlight;
-use crate::proxy::deadline::Stall;
+use crate::proxy::deadline::{HeadMark, Stall};
 use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::pool::Upstream;
 
@@ -27,18 +27,27 @@ use crate::proxy::pool::Upstream;
 pub(crate) enum BodyEnd {
     Complete,
     Failed,
+    /// Nothing came for this long (`proxy.body_timeout`).
+    Stalled(Duration),
 }
 
-/// The request body sent upstream.
+/// The request body sent upstream. When the client sends nothing of it for
+/// `body_timeout`, it fails with [`BodyStalled`]: the exchange with the app fails (its
+/// connection is closed, never pooled), the client gets a 408 if no response has
+/// started, and the instance's in-flight count drops, so a drain is not held by it.
 pub(crate) struct RequestBody {
     inner: Option<Incoming>,
     end: Option<oneshot::Sender<BodyEnd>>,
+    stall: Option<Stall>,
 }
 
 impl RequestBody {
     /// Wraps the client's body; the receiver (absent for an empty body) fires when the
     /// body has been read to its end or failed.
-    pub(crate) fn new(incoming: Incoming) -> (RequestBody, Option<oneshot::Receiver<BodyEnd>>) {
+    pub(crate) fn new(
+        incoming: Incoming,
+        body_timeout: Duration,
+    ) -> (RequestBody, Option<oneshot::Receiver<BodyEnd>>) {
         if incoming.is_end_stream() {
             return (RequestBody::empty(), None);
         }
@@ -46,6 +55,7 @@ impl RequestBody {
         let body = RequestBody {
             inner: Some(incoming),
             end: Some(tx),
+            stall: Some(Stall::new(body_timeout)),
         };
         (body, Some(rx))
     }
@@ -54,6 +64,7 @@ impl RequestBody {
         RequestBody {
             inner: None,
             end: None,
+            stall: None,
         }
     }
 
@@ -67,17 +78,31 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) else {
+            if let Some(stall) = this.stall.as_mut() {
+                if stall.poll_expired(cx).is_ready() {
+                    let within = stall.within();
+                    this.signal(BodyEnd::Stalled(within));
+                    this.inner = None;
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled(within)))));
+                }
+            }
+            return Poll::Pending;
+        };
+        if let Some(stall) = this.stall.as_mut() {
+            stall.progressed();
+        }
+        let frame = frame.map(|f| f.map_err(Self::Error::from));
         match &frame {
             None => this.signal(BodyEnd::Complete),
             Some(Err(_)) => this.signal(BodyEnd::Failed),
@@ -109,6 +134,8 @@ pub(crate) struct Completion {
     status: u16,
     ended: bool,
     upstream: Option<(InFlight, Option<Upstream>)>,
+    /// The exchange's place on its client connection (hyper path): ends with this.
+    pub(crate) mark: Option<HeadMark>,
 }
 
 impl Completion {
@@ -120,6 +147,7 @@ impl Completion {
             status: 0,
             ended: false,
             upstream: None,
+            mark: None,
         }
     }
 
@@ -159,6 +187,11 @@ pub(crate) struct ResponseBody {
 /// The app stopped sending its response body.
 #[derive(Debug, thiserror::Error)]
 #[error("the app sent nothing of its response body for {}ms", .0.as_millis())]
+pub(crate) struct ResponseStalled(Duration);
+
+/// The client stopped sending its request body.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent nothing of its request body for {}ms", .0.as_millis())]
 pub(crate) struct BodyStalled(Duration);
 
 impl ResponseBody {
@@ -221,7 +254,7 @@ impl Body for ResponseBody {
                         if let Some((_, conn)) = this.done.upstream.as_mut() {
                             *conn = None;
                         }
-                        return Poll::Ready(Some(Err(Box::new(BodyStalled(within)))));
+                        return Poll::Ready(Some(Err(Box::new(ResponseStalled(within)))));
                     }
                     return Poll::Pending;
                 };

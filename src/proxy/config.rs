@@ -15,8 +15,16 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Deadline for the response head once the request was sent in full (default 60 s).
     pub response_timeout: Duration,
-    /// Client keep-alive idle time and request-head read deadline (default 60 s).
+    /// Client keep-alive idle time: a connection that sends no byte of a next request
+    /// for this long is closed (silently, as nginx does) (default 60 s).
     pub idle_timeout: Duration,
+    /// From the first byte of a request head (or the end of the previous request, for
+    /// bytes already there), the time the client has to send the whole head; then it gets
+    /// `408 Request Timeout` and the connection is closed (default 10 s).
+    pub header_timeout: Duration,
+    /// The longest a client may send nothing of a request body; then the exchange ends
+    /// (`408` if no response has started) and the app's connection is closed (default 60 s).
+    pub body_timeout: Duration,
     /// Idle upstream connections older than this are not reused (default 4 s, below the
     /// usual 5 s keep-alive timeout of app servers, so the app never closes one under us).
     pub pool_idle_timeout: Duration,
@@ -25,9 +33,9 @@ pub struct ProxyConfig {
     /// On shutdown, how long `serve` waits for open client connections to finish
     /// (default 10 s).
     pub shutdown_timeout: Duration,
-    /// Clients whose `X-Forwarded-Proto` and `X-Forwarded-Host` are passed on rather than
-    /// replaced: the proxies in front of windlass (a TLS terminator, a load balancer).
-    /// Empty by default: a client could claim anything.
+    /// Clients whose forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) are
+    /// passed on rather than removed: the proxies in front of windlass (a TLS terminator,
+    /// a load balancer). Empty by default: a client could claim anything.
     pub trusted_proxies: Vec<IpRange>,
 }
 
@@ -103,6 +111,8 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(4),
             pool_max_idle: 256,
             shutdown_timeout: Duration::from_secs(10),

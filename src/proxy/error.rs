@@ -2,8 +2,14 @@
 //! [`ProxyError`] knows its [`Fault`] (upstream app, downstream client, or the proxy
 //! itself, as pingora's `ErrorSource`), which picks the status code the client sees
 //! (503 no ready instance, 502 upstream failure, 504 upstream timeout) and the metric
-//! label it is counted under. The error page is plain text that tells a human what to
-//! check next.
+//! label it is counted under.
+//!
+//! The error page is plain text: the status, one line saying what failed, and a request
+//! id (also sent as `X-Request-Id`: the client's own when it sent a sane one, else a fresh
+//! one). What exactly failed (the instance's address, the OS error, what to run next)
+//! goes to the app's log with the same id, and into the page only for a client on the
+//! same machine that came through no other proxy ([`Page::detail`]): the public page
+//! tells a stranger nothing about the inside.
 
 use std::io;
 use std::net::SocketAddr;
@@ -80,6 +86,8 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    #[error("the client sent nothing of its request body for {}ms", after.as_millis())]
+    BodyTimeout { after: Duration },
     #[error("internal proxy error: {what}")]
     Internal { what: &'static str },
 }
@@ -88,7 +96,7 @@ impl ProxyError {
     /// Who is at fault.
     pub fn fault(&self) -> Fault {
         match self {
-            ProxyError::Downstream { .. } => Fault::Downstream,
+            ProxyError::Downstream { .. } | ProxyError::BodyTimeout { .. } => Fault::Downstream,
             ProxyError::Internal { .. } => Fault::Internal,
             _ => Fault::Upstream,
         }
@@ -108,6 +116,7 @@ impl ProxyError {
             | ProxyError::BadResponse { .. }
             | ProxyError::UnexpectedSwitch { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Downstream { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -124,36 +133,157 @@ impl ProxyError {
             | ProxyError::UpstreamIo { .. }
             | ProxyError::BadResponse { .. }
             | ProxyError::UnexpectedSwitch { .. } => Some(UpstreamCause::Reset),
-            ProxyError::Downstream { .. } | ProxyError::Internal { .. } => None,
+            ProxyError::Downstream { .. }
+            | ProxyError::BodyTimeout { .. }
+            | ProxyError::Internal { .. } => None,
         }
     }
 
-    /// The plain-text page sent to the client.
-    pub fn page(&self, app: &str) -> String {
-        let status = self.status();
-        let reason = status.canonical_reason().unwrap_or("Error");
-        let what = match self {
+    /// What failed, in one line a stranger may read (no address, no OS error, no name).
+    pub fn public_line(&self) -> &'static str {
+        match self {
+            ProxyError::NoReadyBackend { .. } => {
+                "The app is not ready: no instance could take the request in time."
+            }
+            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
+                "The app did not answer in time."
+            }
+            ProxyError::BadResponse { .. } | ProxyError::UnexpectedSwitch { .. } => {
+                "The app sent an invalid response."
+            }
+            ProxyError::ConnectRefused { .. }
+            | ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::UpstreamIo { .. } => "The app did not answer.",
+            ProxyError::Downstream { .. } => "The request body broke off.",
+            ProxyError::BodyTimeout { .. } => "The request body stopped arriving.",
+            ProxyError::Internal { .. } => "The proxy failed.",
+        }
+    }
+
+    /// What exactly failed and what to check, for the app's log (and a local client).
+    pub fn detail(&self, app: &str) -> String {
+        match self {
             ProxyError::NoReadyBackend { held } => format!(
-                "The app \"{app}\" has no ready instance: none became ready within {}s.\n\
-                 It may be starting, restarting or crash-looping.",
+                "the app \"{app}\" has no ready instance: none became ready within {}s; \
+                 it may be starting, restarting or crash-looping; check `windlass status` \
+                 and `windlass logs {app}`",
                 held.as_secs_f32()
             ),
-            ProxyError::Downstream { .. } => {
-                return format!(
-                    "{} {reason}\n\nThe request body broke off.\n",
-                    status.as_u16()
-                );
+            ProxyError::Downstream { .. } | ProxyError::BodyTimeout { .. } => {
+                format!("{}: the client's fault, not the app's", chain(self))
             }
-            ProxyError::Internal { .. } => {
-                return format!("{} {reason}\n\nwindlass: {self}.\n", status.as_u16());
-            }
-            other => format!("The app \"{app}\" did not answer: {}.", chain(other)),
-        };
-        format!(
-            "{} {reason}\n\nwindlass: {what}\n\nCheck:\n  windlass status\n  windlass logs {app}\n",
-            status.as_u16()
-        )
+            ProxyError::Internal { .. } => format!("{self}; please report it"),
+            other => format!(
+                "the app \"{app}\" did not answer: {}; check `windlass status` and \
+                 `windlass logs {app}`",
+                chain(other)
+            ),
+        }
     }
+
+    /// The page for this error: public, or with the detail for a local client.
+    pub fn page(&self, app: &str, request_id: &str, detail: bool) -> String {
+        let status = self.status();
+        let mut page = format!(
+            "{} {}\n\n{}\nRequest id: {request_id}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Error"),
+            self.public_line(),
+        );
+        if detail {
+            page.push_str("\nwindlass: ");
+            page.push_str(&self.detail(app));
+            page.push_str(".\n");
+        }
+        page
+    }
+}
+
+/// The app-log lines about failed requests an app gets: a burst of [`NOTE_BURST`], then
+/// [`NOTE_RATE`] a second, so a flood of failing requests cannot rotate the app's own
+/// lines out of its log; the lines left out are counted and the count is told with the
+/// next line written.
+pub(crate) struct NoteBudget(std::sync::Mutex<Budget>);
+
+pub(crate) const NOTE_BURST: f64 = 50.0;
+pub(crate) const NOTE_RATE: f64 = 20.0;
+
+pub(crate) struct Budget {
+    tokens: f64,
+    at: std::time::Instant,
+    skipped: u64,
+}
+
+impl NoteBudget {
+    pub(crate) fn new() -> NoteBudget {
+        NoteBudget(std::sync::Mutex::new(Budget {
+            tokens: NOTE_BURST,
+            at: std::time::Instant::now(),
+            skipped: 0,
+        }))
+    }
+
+    /// `Some(lines left out before this one)` if a line may be written now.
+    pub(crate) fn take(&self) -> Option<u64> {
+        self.take_at(std::time::Instant::now())
+    }
+
+    fn take_at(&self, now: std::time::Instant) -> Option<u64> {
+        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let refill = now.saturating_duration_since(b.at).as_secs_f64() * NOTE_RATE;
+        b.tokens = (b.tokens + refill).min(NOTE_BURST);
+        b.at = b.at.max(now);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Some(std::mem::take(&mut b.skipped))
+        } else {
+            b.skipped += 1;
+            None
+        }
+    }
+}
+
+/// Longest `X-Request-Id` from a client that is reused.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The request id of a failed request: the client's `X-Request-Id` when it is sane (1 to
+/// 128 of `A-Z a-z 0-9 - _ . : / + = @`), else a fresh one (16 hex digits).
+pub(crate) fn request_id(client: Option<&[u8]>) -> String {
+    if let Some(id) = client.map(<[u8]>::trim_ascii) {
+        let sane = |b: &u8| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b);
+        if !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(sane) {
+            return String::from_utf8_lossy(id).into_owned();
+        }
+    }
+    fresh_id()
+}
+
+/// 64 bits that differ per call and per process: a counter mixed with a per-process
+/// random key (splitmix64), so ids are not guessable from one another.
+fn fresh_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEY: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let key = *KEY.get_or_init(|| RandomState::new().hash_one(std::process::id()));
+    let mut z = key.wrapping_add(
+        NEXT.fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    format!("{:016x}", z ^ (z >> 31))
+}
+
+/// Whether a client at `ip` that came through no other proxy (`forwarded`: it sent no
+/// forwarding header) may see the detail of an error: only one on this machine.
+pub(crate) fn shows_detail(ip: &str, forwarded: bool) -> bool {
+    !forwarded
+        && ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// The error and its sources, joined with ": ".
@@ -206,24 +336,79 @@ mod tests {
 
     #[test]
     fn no_ready_page_says_what_to_check() {
-        let page = ProxyError::NoReadyBackend {
+        let e = ProxyError::NoReadyBackend {
             held: Duration::from_secs(30),
-        }
-        .page("web");
+        };
+        let page = e.page("web", "abc", true);
         assert!(page.starts_with("503 Service Unavailable"), "{page}");
+        assert!(page.contains("Request id: abc\n"), "{page}");
         assert!(page.contains("no ready instance"), "{page}");
         assert!(page.contains("windlass status"), "{page}");
         assert!(page.contains("windlass logs web"), "{page}");
+        let public = e.page("web", "abc", false);
+        assert!(
+            !public.contains("web") && !public.contains("windlass"),
+            "{public}"
+        );
     }
 
     #[test]
-    fn refused_page_names_the_instance_and_cause() {
-        let page = ProxyError::ConnectRefused {
+    fn refused_page_names_the_instance_and_cause_only_in_the_detail() {
+        let e = ProxyError::ConnectRefused {
             addr: addr(),
             source: io::Error::from(io::ErrorKind::ConnectionRefused),
-        }
-        .page("web");
+        };
+        let page = e.page("web", "abc", true);
         assert!(page.starts_with("502 Bad Gateway"), "{page}");
         assert!(page.contains("127.0.0.1:4001 refused"), "{page}");
+        assert!(page.contains("connection refused"), "{page}");
+        let public = e.page("web", "abc", false);
+        assert_eq!(
+            public,
+            "502 Bad Gateway\n\nThe app did not answer.\nRequest id: abc\n"
+        );
+    }
+
+    #[test]
+    fn request_ids_are_the_clients_when_sane_else_fresh() {
+        assert_eq!(request_id(Some(b" req-1.a:b ")), "req-1.a:b");
+        let fresh = [
+            request_id(None),
+            request_id(Some(b"")),
+            request_id(Some(b"a b")),
+            request_id(Some(b"<script>")),
+            request_id(Some("x".repeat(129).as_bytes())),
+            request_id(Some(b"\xff")),
+        ];
+        for (i, id) in fresh.iter().enumerate() {
+            assert_eq!(id.len(), 16, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+            assert!(!fresh[..i].contains(id), "ids repeat: {fresh:?}");
+        }
+    }
+
+    #[test]
+    fn app_log_lines_are_rationed_and_the_rest_counted() {
+        let budget = NoteBudget::new();
+        let t0 = std::time::Instant::now();
+        for _ in 0..50 {
+            assert_eq!(budget.take_at(t0), Some(0));
+        }
+        assert_eq!(budget.take_at(t0), None);
+        assert_eq!(budget.take_at(t0), None);
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(budget.take_at(t1), Some(2), "the two left out are told");
+        assert_eq!(budget.take_at(t1), Some(0));
+        assert_eq!(budget.take_at(t1), None);
+    }
+
+    #[test]
+    fn only_a_direct_local_client_sees_the_detail() {
+        assert!(shows_detail("127.0.0.1", false));
+        assert!(shows_detail("::1", false));
+        assert!(shows_detail("::ffff:127.0.0.1", false));
+        assert!(!shows_detail("127.0.0.1", true), "came through a proxy");
+        assert!(!shows_detail("192.0.2.7", false));
+        assert!(!shows_detail("unknown", false));
     }
 }

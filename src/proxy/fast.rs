@@ -32,8 +32,9 @@ use tokio::time::Instant;
 use crate::proxy::Shared;
 use crate::proxy::backend::InFlight;
 use crate::proxy::deadline::Deadline;
-use crate::proxy::error::ProxyError;
-use crate::proxy::forward::{MAX_REPLAYS, note_error};
+use crate::proxy::error::{ProxyError, request_id, shows_detail};
+use crate::proxy::forward::{MAX_REPLAYS, note_error, request_line};
+use crate::proxy::headers::Forwarding;
 use crate::proxy::hold::Attempts;
 use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::pool;
@@ -53,9 +54,15 @@ const BODY_CHUNK: usize = 64 * 1024;
 pub(crate) enum Served {
     /// It is finished (closed by either side, timed out, or the proxy is stopping).
     Closed,
-    /// Its next request needs the hyper path; the bytes read so far are in the buffer.
-    Fallback,
+    /// Its next request needs the hyper path; the bytes read so far are in the buffer,
+    /// and the head they begin started at `head_since` (its `header_timeout` runs on
+    /// from there, not again).
+    Fallback { head_since: Option<Instant> },
 }
+
+/// The answer to a client that did not send a whole request head within
+/// `header_timeout`; the connection is closed after it.
+pub(crate) const HEAD_TIMEOUT_PAGE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: 62\r\n\r\n408 Request Timeout\n\nThe request head did not arrive in time.\n";
 
 /// What the request needs from here on, once its head is parsed.
 struct RequestHead {
@@ -64,6 +71,10 @@ struct RequestHead {
     head_only: bool,
     /// The client asked to close after this response.
     close: bool,
+    /// The client sent forwarding headers (it is, or claims to be, a proxy).
+    forwarded: bool,
+    /// Where the client's `X-Request-Id` value is in the head sent upstream.
+    request_id: Option<std::ops::Range<usize>>,
 }
 
 enum Parsed {
@@ -83,21 +94,32 @@ pub(crate) async fn serve(
 ) -> Served {
     let cfg = &shared.cfg;
     let mut idle = Deadline::new(cfg.idle_timeout);
+    let mut head_deadline = Deadline::new(cfg.header_timeout);
     let mut respond = Deadline::new(cfg.response_timeout);
     // Allocated on first use, so a connection that sends nothing costs no buffers.
     let mut request = Vec::new();
     let mut response = Vec::new();
     let mut ubuf = BytesMut::new();
     loop {
-        // Read until a whole head is in the buffer, within the idle timeout (for the
-        // whole head: trickling bytes does not extend it).
-        idle.arm();
+        // Wait for a request: up to `idle_timeout` for its first byte (then the
+        // connection is closed silently), then up to `header_timeout` from that byte for
+        // the whole head (trickling bytes does not extend it; then a 408). Bytes already
+        // read (pipelined) start the head now.
+        let mut head_since = None;
+        if buf.is_empty() {
+            idle.arm();
+        } else {
+            head_since = Some(Instant::now());
+            head_deadline.arm();
+        }
         let head = loop {
             if !buf.is_empty() {
                 match parse_request(buf, client_ip, trusted, &mut request) {
                     Parsed::Complete(head) => break head,
-                    Parsed::Unsupported => return Served::Fallback,
-                    Parsed::Partial if buf.len() >= MAX_HEAD => return Served::Fallback,
+                    Parsed::Unsupported => return Served::Fallback { head_since },
+                    Parsed::Partial if buf.len() >= MAX_HEAD => {
+                        return Served::Fallback { head_since };
+                    }
                     Parsed::Partial => {}
                 }
             } else if *stop.borrow() {
@@ -109,7 +131,14 @@ pub(crate) async fn serve(
             let read = tokio::select! {
                 biased;
                 r = client.read_buf(buf) => r,
-                () = idle.sleep.as_mut() => return Served::Closed,
+                () = idle.sleep.as_mut(), if head_since.is_none() => return Served::Closed,
+                () = head_deadline.sleep.as_mut(), if head_since.is_some() => {
+                    shared.metrics.downstream_error();
+                    // Best effort and without waiting: a client this slow may not read.
+                    let _ = client.try_write(HEAD_TIMEOUT_PAGE);
+                    let _ = client.shutdown().await;
+                    return Served::Closed;
+                }
                 r = stop.changed(), if buf.is_empty() => match r {
                     Ok(()) => continue,
                     Err(_) => return Served::Closed,
@@ -117,7 +146,12 @@ pub(crate) async fn serve(
             };
             match read {
                 Ok(0) | Err(_) => return Served::Closed,
-                Ok(_) => {}
+                Ok(_) => {
+                    if head_since.is_none() {
+                        head_since = Some(Instant::now());
+                        head_deadline.arm();
+                    }
+                }
             }
         };
         buf.advance(head.len);
@@ -128,9 +162,11 @@ pub(crate) async fn serve(
         let (guard, mut upstream, resp) = match outcome {
             Ok(x) => x,
             Err(e) => {
-                note_error(shared, &e);
+                let id = request_id(head.request_id.clone().and_then(|r| request.get(r)));
+                note_error(shared, &e, &id, &logged_request(&request));
+                let detail = shows_detail(client_ip, head.forwarded);
                 finish.status = e.status().as_u16();
-                error_page(&mut response, shared, &e, head.close);
+                error_page(&mut response, shared, &e, &id, detail, &head);
                 if send_all(client, &response, &mut idle).await.is_err() {
                     return Served::Closed;
                 }
@@ -266,8 +302,8 @@ impl Drop for Finish<'_> {
 }
 
 /// Parses a request head at the start of `buf`; when the request is one for this path,
-/// writes the head to send upstream into `out`. A `trusted` client (a proxy in front of
-/// windlass) keeps its `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// writes the head to send upstream into `out`, with the forwarding rule applied
+/// ([`Forwarding`]; `trusted`: the client is one of the proxies in front of windlass).
 fn parse_request(buf: &[u8], client_ip: &str, trusted: bool, out: &mut Vec<u8>) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -289,15 +325,15 @@ fn parse_request(buf: &[u8], client_ip: &str, trusted: bool, out: &mut Vec<u8>) 
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut host: Option<&[u8]> = None;
     let mut close = false;
-    let (mut kept_proto, mut kept_host) = (false, false);
-    // Earlier proxies' addresses, in order; the client's is appended.
-    let mut forwarded: [&[u8]; 8] = [b""; 8];
-    let mut n_forwarded = 0;
+    let mut request_id = None;
+    let mut fwd = Forwarding::new(trusted);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value.trim_ascii();
         let n = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-        if n("content-length") {
+        if !fwd.pass(name, h.value) {
+            continue;
+        } else if n("content-length") {
             if value != b"0" {
                 return Parsed::Unsupported;
             }
@@ -313,15 +349,6 @@ fn parse_request(buf: &[u8], client_ip: &str, trusted: bool, out: &mut Vec<u8>) 
                 }
             }
             continue;
-        } else if n("x-forwarded-proto") || n("x-forwarded-host") {
-            if !trusted {
-                continue;
-            }
-            if n("x-forwarded-proto") {
-                kept_proto = true;
-            } else {
-                kept_host = true;
-            }
         } else if n("keep-alive") || n("proxy-connection") || n("te") || n("trailer") {
             continue;
         } else if n("host") {
@@ -329,13 +356,9 @@ fn parse_request(buf: &[u8], client_ip: &str, trusted: bool, out: &mut Vec<u8>) 
                 return Parsed::Unsupported;
             }
             host = Some(value);
-        } else if n("x-forwarded-for") {
-            if n_forwarded == forwarded.len() {
-                return Parsed::Unsupported;
-            }
-            forwarded[n_forwarded] = value;
-            n_forwarded += 1;
-            continue;
+        } else if n("x-request-id") && request_id.is_none() {
+            let at = out.len() + name.len() + 2;
+            request_id = Some(at..at + h.value.len());
         }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
@@ -345,27 +368,37 @@ fn parse_request(buf: &[u8], client_ip: &str, trusted: bool, out: &mut Vec<u8>) 
     let Some(host) = host else {
         return Parsed::Unsupported;
     };
-    out.extend_from_slice(b"x-forwarded-for: ");
-    for value in forwarded[..n_forwarded].iter().filter(|v| !v.is_empty()) {
-        out.extend_from_slice(value);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(client_ip.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if !kept_proto {
-        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
-    }
-    if !kept_host {
-        out.extend_from_slice(b"x-forwarded-host: ");
-        out.extend_from_slice(host);
+    fwd.finish(client_ip.as_bytes(), Some(host), |name, parts| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        for part in parts {
+            out.extend_from_slice(part);
+        }
         out.extend_from_slice(b"\r\n");
-    }
+    });
     out.extend_from_slice(b"\r\n");
     Parsed::Complete(RequestHead {
         len,
         head_only: method == "HEAD",
         close,
+        forwarded: fwd.seen(),
+        request_id,
     })
+}
+
+/// Whether `buf` is a complete head for this path, with the rewritten head in `out`
+/// (for the forwarding-rule property test in `headers`).
+#[cfg(test)]
+pub(crate) fn parse_for_test(
+    buf: &[u8],
+    client_ip: &str,
+    trusted: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    matches!(
+        parse_request(buf, client_ip, trusted, out),
+        Parsed::Complete(_)
+    )
 }
 
 /// How the response body ends.
@@ -639,14 +672,23 @@ fn write_response_head(out: &mut Vec<u8>, head: &[u8], close: bool) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A proxy-made error response (the same page as the hyper path's).
-fn error_page(out: &mut Vec<u8>, shared: &Shared, e: &ProxyError, close: bool) {
+/// A proxy-made error response (the same page as the hyper path's), framed for the
+/// request: no body after the head of an answer to `HEAD` (its `content-length` is the
+/// page's, as a `GET` would get), so the connection stays usable.
+fn error_page(
+    out: &mut Vec<u8>,
+    shared: &Shared,
+    e: &ProxyError,
+    request_id: &str,
+    detail: bool,
+    head: &RequestHead,
+) {
     let status = e.status();
-    let page = e.page(&shared.app);
+    let page = e.page(&shared.app, request_id, detail);
     out.clear();
     out.extend_from_slice(
         format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n{}content-length: {}\r\n{}\r\n",
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\nx-request-id: {request_id}\r\n{}content-length: {}\r\n{}\r\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or("Error"),
             if status == http::StatusCode::SERVICE_UNAVAILABLE {
@@ -655,11 +697,20 @@ fn error_page(out: &mut Vec<u8>, shared: &Shared, e: &ProxyError, close: bool) {
                 ""
             },
             page.len(),
-            if close { "connection: close\r\n" } else { "" },
+            if head.close { "connection: close\r\n" } else { "" },
         )
         .as_bytes(),
     );
-    out.extend_from_slice(page.as_bytes());
+    if !head.head_only {
+        out.extend_from_slice(page.as_bytes());
+    }
+}
+
+/// `METHOD /path` of a head sent upstream, for the log (see [`request_line`]).
+fn logged_request(request: &[u8]) -> String {
+    let line = request.split(|&b| b == b'\r').next().unwrap_or(b"");
+    let mut words = line.split(|&b| b == b' ');
+    request_line(words.next().unwrap_or(b""), words.next().unwrap_or(b""))
 }
 
 /// Where a response body stands: how many of the bytes that come next belong to it.
@@ -868,47 +919,65 @@ mod tests {
         assert!(!head.close && !head.head_only);
         assert_eq!(
             out,
-            "GET /a?b=1 HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: example.test\r\n\r\n"
+            "GET /a?b=1 HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: example.test\r\nx-real-ip: 192.0.2.7\r\n\r\n"
         );
     }
 
     #[test]
-    fn forwarded_for_values_are_joined_with_the_client_last() {
+    fn a_trusted_proxys_forwarded_for_values_are_joined_with_the_client_last() {
         let raw = "GET / HTTP/1.1\r\nX-Forwarded-For: 10.0.0.1\r\nHost: h\r\nx-forwarded-for: 10.0.0.2, 10.0.0.3\r\nConnection: close\r\nAccept: */*\r\n\r\n";
-        let (p, out) = parse(raw);
+        let mut out = Vec::new();
+        let p = parse_request(raw.as_bytes(), "192.0.2.7", true, &mut out);
+        let out = String::from_utf8(out).expect("utf8");
         let Parsed::Complete(head) = p else {
             panic!("complete: {out}")
         };
-        assert!(head.close && !head.head_only);
+        assert!(head.close && !head.head_only && head.forwarded);
         assert_eq!(
             out,
-            "GET / HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: h\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: h\r\nx-real-ip: 192.0.2.7\r\n\r\n"
         );
         let (p, _) = parse("HEAD / HTTP/1.1\r\nHost: h\r\n\r\n");
         assert!(matches!(
             p,
             Parsed::Complete(RequestHead {
                 head_only: true,
+                forwarded: false,
                 ..
             })
         ));
     }
 
     #[test]
-    fn a_trusted_proxy_keeps_its_forwarded_proto_and_host() {
-        let raw = "GET / HTTP/1.1\r\nHost: internal\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: example.com\r\n\r\n";
+    fn a_trusted_proxy_keeps_its_forwarding_headers() {
+        let raw = "GET / HTTP/1.1\r\nHost: internal\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: example.com\r\nForwarded: for=203.0.113.9\r\nX-Real-IP: 203.0.113.9\r\nX-Forwarded-Port: 443\r\nX-Request-Id: r-1\r\n\r\n";
         let mut out = Vec::new();
-        assert!(matches!(
-            parse_request(raw.as_bytes(), "10.0.0.1", true, &mut out),
-            Parsed::Complete(_)
-        ));
+        let Parsed::Complete(head) = parse_request(raw.as_bytes(), "10.0.0.1", true, &mut out)
+        else {
+            panic!("complete")
+        };
+        let id = head.request_id.clone().expect("request id");
+        assert_eq!(&out[id], b"r-1");
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
-            "GET / HTTP/1.1\r\nHost: internal\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: example.com\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: internal\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: example.com\r\nForwarded: for=203.0.113.9\r\nX-Real-IP: 203.0.113.9\r\nX-Forwarded-Port: 443\r\nX-Request-Id: r-1\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
         );
         let (_, out) = parse(raw);
-        assert!(out.ends_with("x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: internal\r\n\r\n"), "{out}");
-        assert!(!out.contains("https"), "{out}");
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: internal\r\nX-Request-Id: r-1\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: internal\r\nx-real-ip: 192.0.2.7\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn the_head_timeout_page_is_framed_right() {
+        let page = std::str::from_utf8(HEAD_TIMEOUT_PAGE).expect("utf8");
+        let (head, body) = page.split_once("\r\n\r\n").expect("head");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{page}"
+        );
+        assert!(head.starts_with("HTTP/1.1 408 ") && head.contains("connection: close"));
     }
 
     #[test]
@@ -1118,5 +1187,135 @@ mod tests {
         assert!(!s.done());
         s.close();
         assert!(s.done());
+    }
+
+    /// xorshift64*: deterministic, so a failure reproduces.
+    fn prng(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed;
+        move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+    }
+
+    /// Generated valid chunked bodies (sizes in any case with leading zeros, extensions,
+    /// trailers), followed by the next message, fed in random pieces: the parser takes
+    /// exactly the body, never fails, and is done exactly at its last byte.
+    #[test]
+    fn generated_chunked_bodies_end_exactly_at_their_end() {
+        let mut next = prng(0xD1B5_4A32_D192_ED03);
+        for _ in 0..2_000 {
+            let mut body = Vec::new();
+            for _ in 0..next() % 6 {
+                let size = (next() % 300 + 1) as usize;
+                let hex = format!("{:0width$x}", size, width = (next() % 4) as usize);
+                let hex = if next() % 2 == 0 {
+                    hex.to_uppercase()
+                } else {
+                    hex
+                };
+                body.extend_from_slice(hex.as_bytes());
+                if next() % 3 == 0 {
+                    body.extend_from_slice(b";name=\"v;x\"");
+                }
+                body.extend_from_slice(b"\r\n");
+                body.extend((0..size).map(|_| next() as u8));
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n");
+            for _ in 0..next() % 3 {
+                body.extend_from_slice(b"X-Trailer: a\r\n");
+            }
+            body.extend_from_slice(b"\r\n");
+            let mut input = body.clone();
+            input.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+            let mut s = BodyState::new(Framing::Chunked);
+            let mut taken = 0;
+            let mut at = 0;
+            while at < input.len() && !s.done() {
+                let step = (1 + next() % 64) as usize;
+                let piece = &input[at..(at + step).min(input.len())];
+                let t = s.feed(piece);
+                assert!(t <= piece.len());
+                taken += t;
+                at += piece.len();
+                assert_eq!(s.done(), taken == body.len(), "done exactly at the end");
+            }
+            assert!(
+                s.done() && !s.failed(),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+            assert_eq!(taken, body.len());
+        }
+    }
+
+    /// Generated plain requests, cut anywhere: partial before their last byte, complete
+    /// with their exact length at it, whatever follows (a pipelined request).
+    #[test]
+    fn generated_heads_are_partial_until_their_last_byte() {
+        let mut next = prng(0x94D0_49BB_1331_11EB);
+        const METHODS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "DELETE"];
+        const HEADERS: [&str; 8] = [
+            "Accept: */*",
+            "Connection: keep-alive",
+            "Connection: close",
+            "Content-Length: 0",
+            "X-Forwarded-For: 10.0.0.1",
+            "Forwarded: for=1.2.3.4",
+            "X-Request-Id: abc",
+            "Cookie: a=b; c=d",
+        ];
+        for _ in 0..2_000 {
+            let method = METHODS[(next() % 4) as usize];
+            let mut head = format!(
+                "{method} /p{}?q={} HTTP/1.1\r\n",
+                next() % 100,
+                next() % 100
+            );
+            let host_at = next() % 4;
+            for i in 0..next() % 6 {
+                if i == host_at {
+                    head.push_str("Host: example.test\r\n");
+                }
+                head.push_str(HEADERS[(next() % HEADERS.len() as u64) as usize]);
+                head.push_str(if next() % 2 == 0 { "\r\n" } else { "\n" });
+            }
+            if !head.contains("Host:") {
+                head.push_str("Host: h\r\n");
+            }
+            head.push_str("\r\n");
+            let mut input = head.clone().into_bytes();
+            input.extend_from_slice(b"GET /next HTTP/1.1\r\n");
+            let trusted = next() % 2 == 0;
+            let mut out = Vec::new();
+            for cut in 1..head.len() {
+                assert!(
+                    matches!(
+                        parse_request(&input[..cut], "192.0.2.7", trusted, &mut out),
+                        Parsed::Partial
+                    ),
+                    "{head:?} cut at {cut}"
+                );
+            }
+            for end in [head.len(), input.len()] {
+                match parse_request(&input[..end], "192.0.2.7", trusted, &mut out) {
+                    Parsed::Complete(h) => {
+                        assert_eq!(h.len, head.len(), "{head:?}");
+                        assert_eq!(h.head_only, method == "HEAD");
+                        assert_eq!(h.close, head.contains("Connection: close"));
+                        let sent = String::from_utf8(out.clone()).expect("utf8");
+                        assert!(sent.starts_with(&format!("{method} /p")), "{sent}");
+                        assert!(
+                            sent.ends_with("x-real-ip: 192.0.2.7\r\n\r\n") || trusted,
+                            "{sent}"
+                        );
+                    }
+                    _ => panic!("{head:?} not complete"),
+                }
+            }
+        }
     }
 }

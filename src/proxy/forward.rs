@@ -28,7 +28,8 @@ use tokio::time::Instant;
 use crate::proxy::Shared;
 use crate::proxy::backend::{Backend, InFlight};
 use crate::proxy::body::{BodyEnd, Completion, RequestBody, ResponseBody};
-use crate::proxy::error::{Fault, ProxyError};
+use crate::proxy::deadline::HeadMark;
+use crate::proxy::error::{self, Fault, ProxyError};
 use crate::proxy::headers;
 use crate::proxy::hold::Attempts;
 use crate::proxy::pool::{self, Upstream};
@@ -44,6 +45,7 @@ pub(crate) const MAX_REPLAYS: u32 = 3;
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const RETRY_AFTER: HeaderValue = HeaderValue::from_static("5");
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// Proxies one client request. Never fails: errors become proxy-made responses (the
 /// `Result` is what hyper's service wants, so no wrapper future is needed).
@@ -51,25 +53,50 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     client_ip: HeaderValue,
     trusted: bool,
+    mark: HeadMark,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
-    Ok(proxy(shared, client_ip, trusted, req).await)
+    Ok(proxy(shared, client_ip, trusted, mark, req).await)
 }
 
 async fn proxy(
     shared: Arc<Shared>,
     client_ip: HeaderValue,
     trusted: bool,
+    mark: HeadMark,
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
-    let done = Completion::start(Arc::clone(&shared), start);
+    let mut done = Completion::start(Arc::clone(&shared), start);
+    done.mark = Some(mark);
 
     let upgrade = headers::upgrade_protocol(req.headers());
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    headers::prepare_request(&mut parts, &client_ip, upgrade, trusted);
-    let (body, body_end) = RequestBody::new(body);
+    let forwarded = headers::prepare_request(&mut parts, &client_ip, upgrade, trusted);
+    // What an error page and its log line need; the request itself goes to the app.
+    let failed = |shared: &Shared,
+                  e: ProxyError,
+                  done: Completion,
+                  method: &http::Method,
+                  uri: &http::Uri,
+                  id: Option<&HeaderValue>| {
+        let request_id = error::request_id(id.map(HeaderValue::as_bytes));
+        note_error(
+            shared,
+            &e,
+            &request_id,
+            &request_line(method.as_str().as_bytes(), uri.path().as_bytes()),
+        );
+        let detail = error::shows_detail(client_ip.to_str().unwrap_or(""), forwarded);
+        // A client whose body timed out is not read further: the connection closes.
+        let close = matches!(e, ProxyError::BodyTimeout { .. });
+        error_response(done, e, &request_id, detail, close)
+    };
+    let method = parts.method.clone();
+    let uri = parts.uri.clone();
+    let request_id = parts.headers.get(X_REQUEST_ID).cloned();
+    let (body, body_end) = RequestBody::new(body, shared.cfg.body_timeout);
     let req = Request::from_parts(parts, body);
 
     let Exchange {
@@ -78,7 +105,7 @@ async fn proxy(
         conn,
     } = match exchange(&shared, req, body_end, start, client_upgrade.is_some()).await {
         Ok(x) => x,
-        Err(e) => return error_response(done, e),
+        Err(e) => return failed(&shared, e, done, &method, &uri, request_id.as_ref()),
     };
 
     let status = response.status();
@@ -88,6 +115,9 @@ async fn proxy(
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let (mut parts, _empty) = response.into_parts();
             headers::prepare_response(&mut parts.headers, true);
+            if let Some(mark) = done.mark.as_mut() {
+                mark.upgraded();
+            }
             drop(conn);
             tunnel::spawn(
                 shared,
@@ -107,7 +137,7 @@ async fn proxy(
             shared
                 .metrics
                 .upstream_error(crate::proxy::UpstreamCause::Reset);
-            error_response(done, e)
+            failed(&shared, e, done, &method, &uri, request_id.as_ref())
         }
         (_, client_upgrade) => {
             let (mut parts, body) = response.into_parts();
@@ -282,19 +312,19 @@ async fn send(
     let fut = conn.send(req);
     tokio::pin!(fut);
     // While the body is still uploading the response timeout does not run.
-    let mut uploaded = false;
+    let mut ended = None;
     let early = match body_end.as_mut() {
         None => None,
         Some(end) => tokio::select! {
             biased;
             r = &mut fut => Some(r),
-            _ = end => {
-                uploaded = true;
+            e = end => {
+                ended = Some(e.unwrap_or(BodyEnd::Complete));
                 None
             }
         },
     };
-    if uploaded {
+    if ended.is_some() {
         *body_end = None;
     }
     let result = match early {
@@ -316,45 +346,92 @@ async fn send(
                 return Err(SendError::Unsent(Box::new(req), e.into_error()));
             }
             let source = e.into_error();
-            let client_failed = body_end
-                .as_mut()
-                .is_some_and(|end| end.try_recv() == Ok(BodyEnd::Failed));
-            Err(SendError::Failed(if client_failed {
-                ProxyError::Downstream { source }
-            } else {
-                ProxyError::Upstream { addr, source }
+            let ended = ended.or_else(|| body_end.as_mut().and_then(|end| end.try_recv().ok()));
+            Err(SendError::Failed(match ended {
+                Some(BodyEnd::Failed) => ProxyError::Downstream { source },
+                Some(BodyEnd::Stalled(after)) => ProxyError::BodyTimeout { after },
+                _ => ProxyError::Upstream { addr, source },
             }))
         }
     }
 }
 
 /// Logs a failed request and counts it by fault (upstream causes are counted where
-/// they happen).
-pub(crate) fn note_error(shared: &Shared, e: &ProxyError) {
+/// they happen); one the app or the proxy caused also goes to the app's log with its
+/// request id and the detail (`request`: the method and path, without the query, which
+/// may hold secrets).
+pub(crate) fn note_error(shared: &Shared, e: &ProxyError, request_id: &str, request: &str) {
     match e.fault() {
         Fault::Upstream => {
-            tracing::warn!(app = %shared.app, error = %e, source = ?std::error::Error::source(&e), "proxy error")
+            tracing::warn!(app = %shared.app, error = %e, source = ?std::error::Error::source(&e), request_id, "proxy error")
         }
-        Fault::Downstream => shared.metrics.downstream_error(),
+        Fault::Downstream => {
+            shared.metrics.downstream_error();
+            tracing::debug!(app = %shared.app, error = %e, request_id, "client error");
+            return;
+        }
         Fault::Internal => {
             shared.metrics.internal_error();
-            tracing::error!(app = %shared.app, error = %e, "internal proxy error");
+            tracing::error!(app = %shared.app, error = %e, request_id, "internal proxy error");
         }
     }
+    let Some(notes) = shared.notes.get() else {
+        return;
+    };
+    let Some(skipped) = shared.note_budget.take() else {
+        return;
+    };
+    let status = e.status();
+    let mut line = format!(
+        "proxy: {} {} for {request} (request id {request_id}): {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error"),
+        e.detail(&shared.app)
+    );
+    if skipped > 0 {
+        line.push_str(&format!(
+            " ({skipped} failed request(s) before this one not logged: too many at once)"
+        ));
+    }
+    notes(&line);
 }
 
-fn error_response(done: Completion, e: ProxyError) -> Response<ResponseBody> {
+/// `METHOD /path` of a request for the log: the query left out, at most 200 bytes.
+pub(crate) fn request_line(method: &[u8], target: &[u8]) -> String {
+    let path = target.split(|&b| b == b'?').next().unwrap_or(b"");
+    let path = &path[..path.len().min(200)];
+    format!(
+        "{} {}",
+        String::from_utf8_lossy(method),
+        String::from_utf8_lossy(path)
+    )
+}
+
+/// A proxy-made error response: the public page, with the detail for a local client
+/// (`detail`), and the request id in `X-Request-Id`.
+fn error_response(
+    done: Completion,
+    e: ProxyError,
+    request_id: &str,
+    detail: bool,
+    close: bool,
+) -> Response<ResponseBody> {
     let shared = Arc::clone(done.shared());
-    note_error(&shared, &e);
     let status = e.status();
-    let page = Bytes::from(e.page(&shared.app));
+    let page = Bytes::from(e.page(&shared.app, request_id, detail));
     let mut response = Response::new(ResponseBody::full(page, done, status.as_u16()));
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, TEXT_PLAIN);
     h.insert(header::CACHE_CONTROL, NO_STORE);
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        h.insert(X_REQUEST_ID, id);
+    }
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, RETRY_AFTER);
+    }
+    if close {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }

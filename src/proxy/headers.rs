@@ -2,17 +2,21 @@
 //! `Connection` header and every header it names, plus `Keep-Alive`,
 //! `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) describe one
 //! connection and are removed in both directions; an upgrade request keeps
-//! `Connection: upgrade` + `Upgrade` so the app can switch protocols. Requests gain
-//! `X-Forwarded-For` (appended), `X-Forwarded-Proto` and `X-Forwarded-Host` (kept as
-//! they came when the client is a trusted proxy); `Host` is preserved. The common case allocates nothing: the names are static and the client
-//! address is formatted once per connection.
+//! `Connection: upgrade` + `Upgrade` so the app can switch protocols; `Host` is preserved.
+//!
+//! The forwarding rule ([`Forwarding`], the one both request paths apply): the headers
+//! through which a proxy tells the app about the original client (`Forwarded` (RFC 7239),
+//! every `X-Forwarded-*` header, `X-Real-IP`; any case, and `_` counts as `-` since
+//! CGI-style servers read `X_Forwarded_For` as `X-Forwarded-For`) are removed when the
+//! client is not one of `proxy.trusted_proxies`, whatever it claims; windlass then writes
+//! its own `X-Forwarded-For` (the client's address), `X-Forwarded-Proto: http`,
+//! `X-Forwarded-Host` (the `Host`) and `X-Real-IP` (the client's address). A trusted
+//! proxy's forwarding headers are kept as they came, `X-Forwarded-For` gets the proxy's
+//! address appended, and the ones it did not send are written as for anyone else.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Uri, Version};
 
-pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -83,7 +87,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Rewrites a client request for the upstream: origin-form URI, HTTP/1.1, hop-by-hop
-/// headers stripped (upgrade kept when `upgrade` is given), forwarding headers set.
+/// headers stripped (upgrade kept when `upgrade` is given), the forwarding rule applied.
+/// Returns whether the client sent any forwarding header (kept or not).
 /// `Expect` is dropped too: the proxy answers `100-continue` itself when it starts
 /// reading the body.
 pub(crate) fn prepare_request(
@@ -91,7 +96,7 @@ pub(crate) fn prepare_request(
     client_ip: &HeaderValue,
     upgrade: Option<HeaderValue>,
     trusted: bool,
-) {
+) -> bool {
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     headers.remove(header::EXPECT);
@@ -119,39 +124,181 @@ pub(crate) fn prepare_request(
     }
     parts.version = Version::HTTP_11;
 
-    append_forwarded_for(headers, client_ip);
-    // A trusted proxy in front of windlass knows the original scheme and host.
-    if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HTTP);
+    forward(headers, client_ip, trusted)
+}
+
+/// The forwarding headers a request carries, under the one rule (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    For,
+    Proto,
+    Host,
+    RealIp,
+    /// `Forwarded` and every other `X-Forwarded-*`.
+    Other,
+}
+
+/// Which forwarding header `name` is, if it is one: `Forwarded`, `X-Real-IP` and every
+/// `X-Forwarded-*`, in any case, `_` counting as `-`.
+fn kind(name: &[u8]) -> Option<Kind> {
+    let is = |want: &[u8], got: &[u8]| {
+        want.len() == got.len()
+            && want.iter().zip(got).all(|(w, g)| {
+                let g = if *g == b'_' {
+                    b'-'
+                } else {
+                    g.to_ascii_lowercase()
+                };
+                *w == g
+            })
+    };
+    const PREFIX: &[u8] = b"x-forwarded-";
+    if name.len() > PREFIX.len() && is(PREFIX, &name[..PREFIX.len()]) {
+        let rest = &name[PREFIX.len()..];
+        return Some(if is(b"for", rest) {
+            Kind::For
+        } else if is(b"proto", rest) {
+            Kind::Proto
+        } else if is(b"host", rest) {
+            Kind::Host
+        } else {
+            Kind::Other
+        });
     }
-    if !(trusted && headers.contains_key(X_FORWARDED_HOST)) {
-        match headers.get(header::HOST).cloned() {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST, host);
+    if is(b"forwarded", name) || is(b"x-forwarded", name) {
+        Some(Kind::Other)
+    } else if is(b"x-real-ip", name) {
+        Some(Kind::RealIp)
+    } else {
+        None
+    }
+}
+
+/// The forwarding rule applied to one request, header by header ([`pass`](Self::pass)),
+/// then windlass's own headers ([`finish`](Self::finish)). Both request paths use it:
+/// the plain-request path on raw bytes, the hyper path on a `HeaderMap`.
+pub(crate) struct Forwarding<'a> {
+    trusted: bool,
+    /// A trusted proxy's `X-Forwarded-For` values, in order.
+    chain: Vec<&'a [u8]>,
+    has_proto: bool,
+    has_host: bool,
+    has_real_ip: bool,
+    /// The client sent any forwarding header (kept or not).
+    seen: bool,
+}
+
+impl<'a> Forwarding<'a> {
+    pub(crate) fn new(trusted: bool) -> Forwarding<'a> {
+        Forwarding {
+            trusted,
+            chain: Vec::new(),
+            has_proto: false,
+            has_host: false,
+            has_real_ip: false,
+            seen: false,
+        }
+    }
+
+    /// Takes one client header: true if it goes to the app as it is, false if it is
+    /// removed (a forwarding header from an untrusted client, or a trusted proxy's
+    /// `X-Forwarded-For`, which [`finish`](Self::finish) writes back extended).
+    pub(crate) fn pass(&mut self, name: &[u8], value: &'a [u8]) -> bool {
+        let Some(kind) = kind(name) else {
+            return true;
+        };
+        self.seen = true;
+        if !self.trusted {
+            return false;
+        }
+        match kind {
+            Kind::For => {
+                let value = value.trim_ascii();
+                if !value.is_empty() {
+                    self.chain.push(value);
+                }
+                return false;
             }
-            None => {
-                headers.remove(X_FORWARDED_HOST);
+            Kind::Proto => self.has_proto = true,
+            Kind::Host => self.has_host = true,
+            Kind::RealIp => self.has_real_ip = true,
+            Kind::Other => {}
+        }
+        true
+    }
+
+    /// Whether the client sent any forwarding header, kept or not (a request that came
+    /// through another proxy).
+    pub(crate) fn seen(&self) -> bool {
+        self.seen
+    }
+
+    /// windlass's own forwarding headers, each as a name (lowercase) and the parts of its
+    /// value: `X-Forwarded-For` (a trusted proxy's chain, then the client's address),
+    /// and `X-Forwarded-Proto`, `X-Forwarded-Host` (when there is a `host`) and
+    /// `X-Real-IP` unless a trusted proxy sent them.
+    pub(crate) fn finish(
+        &self,
+        client_ip: &[u8],
+        host: Option<&[u8]>,
+        mut emit: impl FnMut(&'static str, &[&[u8]]),
+    ) {
+        if self.chain.is_empty() {
+            emit("x-forwarded-for", &[client_ip]);
+        } else {
+            let mut parts = Vec::with_capacity(self.chain.len() * 2 + 1);
+            for v in &self.chain {
+                parts.push(*v);
+                parts.push(b", ".as_slice());
             }
+            parts.push(client_ip);
+            emit("x-forwarded-for", &parts);
+        }
+        if !self.has_proto {
+            emit("x-forwarded-proto", &[b"http"]);
+        }
+        if let (false, Some(host)) = (self.has_host, host) {
+            emit("x-forwarded-host", &[host]);
+        }
+        if !self.has_real_ip {
+            emit("x-real-ip", &[client_ip]);
         }
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
-    if !headers.contains_key(X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR, client_ip.clone());
-        return;
-    }
-    let mut joined: Vec<u8> = Vec::with_capacity(64);
-    for value in headers.get_all(X_FORWARDED_FOR) {
-        if !joined.is_empty() {
-            joined.extend_from_slice(b", ");
+/// Applies the forwarding rule to a `HeaderMap`; returns whether the client sent any
+/// forwarding header.
+fn forward(headers: &mut HeaderMap, client_ip: &HeaderValue, trusted: bool) -> bool {
+    let mut fwd = Forwarding::new(trusted);
+    let mut removed: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        if !fwd.pass(name.as_str().as_bytes(), value.as_bytes()) && removed.last() != Some(name) {
+            removed.push(name.clone());
         }
-        joined.extend_from_slice(value.as_bytes());
     }
-    joined.extend_from_slice(b", ");
-    joined.extend_from_slice(client_ip.as_bytes());
-    let value = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone());
-    headers.insert(X_FORWARDED_FOR, value);
+    let mut own: [Option<(HeaderName, HeaderValue)>; 4] = Default::default();
+    let mut n = 0;
+    let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
+    fwd.finish(client_ip.as_bytes(), host, |name, parts| {
+        let value = match parts {
+            [ip] if *ip == client_ip.as_bytes() => Some(client_ip.clone()),
+            [b"http"] => Some(HTTP),
+            [one] => HeaderValue::from_bytes(one).ok(),
+            _ => HeaderValue::from_bytes(&parts.concat()).ok(),
+        };
+        if let (Some(value), Some(slot)) = (value, own.get_mut(n)) {
+            *slot = Some((HeaderName::from_static(name), value));
+            n += 1;
+        }
+    });
+    let seen = fwd.seen();
+    for name in removed {
+        headers.remove(name);
+    }
+    for (name, value) in own.into_iter().flatten() {
+        headers.insert(name, value);
+    }
+    seen
 }
 
 /// Rewrites an upstream response for the client: hop-by-hop headers stripped, except
@@ -193,7 +340,7 @@ mod tests {
             ("x-forwarded-host", "example.com"),
         ];
         let mut p = request(&headers, "/");
-        prepare_request(&mut p, &ip(), None, true);
+        assert!(prepare_request(&mut p, &ip(), None, true));
         assert_eq!(p.headers["x-forwarded-proto"], "https");
         assert_eq!(p.headers["x-forwarded-host"], "example.com");
         let mut p = request(&headers, "/");
@@ -245,20 +392,258 @@ mod tests {
     }
 
     #[test]
-    fn appends_to_an_existing_forwarded_for() {
-        let mut p = request(
-            &[
-                ("x-forwarded-for", "10.0.0.1"),
-                ("x-forwarded-for", "10.0.0.2"),
-            ],
-            "/",
-        );
-        prepare_request(&mut p, &ip(), None, false);
+    fn only_a_trusted_proxys_forwarded_for_is_appended_to() {
+        let headers = [
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ];
+        let mut p = request(&headers, "/");
+        assert!(prepare_request(&mut p, &ip(), None, true));
         assert_eq!(
             p.headers["x-forwarded-for"],
             "10.0.0.1, 10.0.0.2, 192.0.2.7"
         );
         assert!(!p.headers.contains_key("x-forwarded-host"));
+        let mut p = request(&headers, "/");
+        assert!(prepare_request(&mut p, &ip(), None, false));
+        assert_eq!(p.headers["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(p.headers.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn forwarding_names_in_any_spelling() {
+        for name in [
+            "Forwarded",
+            "X-Forwarded-For",
+            "x_forwarded_for",
+            "X-FORWARDED-PORT",
+            "X-Forwarded-Ssl",
+            "X-Forwarded-Scheme",
+            "X-Forwarded-Prefix",
+            "X-Forwarded-Server",
+            "X-Forwarded-Anything",
+            "X-Forwarded",
+            "X-Real-IP",
+            "x_real_ip",
+        ] {
+            assert!(kind(name.as_bytes()).is_some(), "{name}");
+        }
+        for name in [
+            "X-Forwarded-",
+            "Forwarded-For",
+            "X-Real-IPs",
+            "Host",
+            "X-Request-Id",
+            "",
+        ] {
+            assert!(kind(name.as_bytes()).is_none(), "{name}");
+        }
+    }
+
+    /// Generated requests with forwarding headers in every spelling, duplicated, with odd
+    /// whitespace: from an untrusted client none survives, and windlass's own are there
+    /// once each; a trusted client's are kept. On both paths (raw bytes and `HeaderMap`).
+    #[test]
+    fn no_forwarding_header_from_an_untrusted_client_survives() {
+        // xorshift64*: deterministic, so a failure reproduces.
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        const NAMES: [&str; 12] = [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-forwarded-ssl",
+            "x-forwarded-scheme",
+            "x-forwarded-prefix",
+            "x-forwarded-server",
+            "x-forwarded-x",
+            "x-real-ip",
+            "x-custom",
+        ];
+        const VALUES: [&str; 5] = [
+            "1.2.3.4",
+            " https ",
+            "for=1.2.3.4;proto=https",
+            "",
+            "\t10.0.0.1 ,\t10.0.0.2",
+        ];
+        for _ in 0..3_000 {
+            let trusted = next() % 4 == 0;
+            let mut sent: Vec<(String, String)> = Vec::new();
+            for _ in 0..next() % 10 {
+                let name: String = NAMES[(next() % NAMES.len() as u64) as usize]
+                    .chars()
+                    .map(|c| match next() % 4 {
+                        0 => c.to_ascii_uppercase(),
+                        1 if c == '-' => '_',
+                        _ => c,
+                    })
+                    .collect();
+                let value = VALUES[(next() % VALUES.len() as u64) as usize];
+                sent.push((name, value.to_owned()));
+            }
+            // The raw path.
+            let mut raw = String::from("GET / HTTP/1.1\r\nHost: h\r\n");
+            for (n, v) in &sent {
+                raw.push_str(&format!("{n}:{v}\r\n"));
+            }
+            raw.push_str("\r\n");
+            let mut out = Vec::new();
+            let parsed =
+                crate::proxy::fast::parse_for_test(raw.as_bytes(), "192.0.2.7", trusted, &mut out);
+            assert!(parsed, "{raw:?}");
+            let out = String::from_utf8(out).expect("utf8");
+            let lines: Vec<(String, String)> = out
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.to_owned(), v.trim().to_owned()))
+                .collect();
+            check(&sent, &lines, trusted, &raw);
+            // The hyper path.
+            let mut b = http::Request::builder().uri("/").header("host", "h");
+            for (n, v) in &sent {
+                b = b.header(n.as_str(), v.trim());
+            }
+            let mut p = b.body(()).expect("request").into_parts().0;
+            prepare_request(&mut p, &ip(), None, trusted);
+            let lines: Vec<(String, String)> = p
+                .headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().expect("ascii").to_owned()))
+                .collect();
+            check(&sent, &lines, trusted, &raw);
+        }
+
+        fn check(sent: &[(String, String)], got: &[(String, String)], trusted: bool, raw: &str) {
+            let count = |name: &str| {
+                got.iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .count()
+            };
+            let value = |name: &str| {
+                got.iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_str())
+            };
+            assert_eq!(count("x-forwarded-for"), 1, "{raw:?} -> {got:?}");
+            assert!(
+                value("x-forwarded-for").is_some_and(|v| v.ends_with("192.0.2.7")),
+                "{raw:?} -> {got:?}"
+            );
+            if !trusted {
+                for (n, v) in got {
+                    if kind(n.as_bytes()).is_some() {
+                        let own = match n.as_str() {
+                            "x-forwarded-for" | "x-real-ip" => v == "192.0.2.7",
+                            "x-forwarded-proto" => v == "http",
+                            "x-forwarded-host" => v == "h",
+                            _ => false,
+                        };
+                        assert!(own, "{n}: {v} survived from {raw:?} -> {got:?}");
+                    }
+                }
+                for name in ["x-forwarded-proto", "x-forwarded-host", "x-real-ip"] {
+                    assert_eq!(count(name), 1, "{name}: {raw:?} -> {got:?}");
+                }
+            } else {
+                // Every forwarding header sent (but X-Forwarded-For, rewritten) is kept.
+                for (n, v) in sent {
+                    if kind(n.as_bytes()).is_some_and(|k| k != Kind::For) {
+                        assert!(
+                            got.iter()
+                                .any(|(gn, gv)| gn.eq_ignore_ascii_case(n) && gv == v.trim()),
+                            "{n}: {v} lost from {raw:?} -> {got:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Generated requests for the hyper path: whatever `Connection` names, no hop-by-hop
+    /// header and no header it names reaches the app, and every other header does.
+    #[test]
+    fn generated_hop_by_hop_headers_never_reach_the_app() {
+        let mut state = 0xBF58_476D_1CE4_E5B9u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        const NAMES: [&str; 10] = [
+            "keep-alive",
+            "te",
+            "trailer",
+            "proxy-connection",
+            "x-a",
+            "x-b",
+            "accept",
+            "cookie",
+            "transfer-encoding",
+            "x-c",
+        ];
+        for _ in 0..3_000 {
+            let mut headers: Vec<(String, String)> = Vec::new();
+            let mut named = Vec::new();
+            for _ in 0..next() % 4 {
+                let mut tokens = Vec::new();
+                for _ in 0..next() % 4 {
+                    let t = NAMES[(next() % NAMES.len() as u64) as usize];
+                    named.push(t);
+                    tokens.push(if next() % 2 == 0 {
+                        t.to_uppercase()
+                    } else {
+                        t.to_owned()
+                    });
+                }
+                if next() % 3 == 0 {
+                    tokens.push("close".into());
+                }
+                headers.push((
+                    "connection".into(),
+                    tokens.join(if next() % 2 == 0 { "," } else { " ,\t" }),
+                ));
+            }
+            for _ in 0..next() % 6 {
+                headers.push((
+                    NAMES[(next() % NAMES.len() as u64) as usize].into(),
+                    "v".into(),
+                ));
+            }
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let mut p = request(&pairs, "/");
+            prepare_request(&mut p, &ip(), None, next() % 2 == 0);
+            for name in p.headers.keys() {
+                let n = name.as_str();
+                assert!(!is_hop_by_hop(name), "{n} survived {headers:?}");
+                assert!(
+                    !named.contains(&n),
+                    "{n} named by Connection survived {headers:?}"
+                );
+            }
+            for (n, _) in &headers {
+                let hop = n == "connection"
+                    || HOP_BY_HOP.iter().any(|h| h.as_str() == n)
+                    || named.contains(&n.as_str());
+                assert_eq!(
+                    p.headers.contains_key(n.as_str()),
+                    !hop,
+                    "{n} in {headers:?}"
+                );
+            }
+        }
     }
 
     #[test]

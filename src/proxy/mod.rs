@@ -56,7 +56,13 @@ pub(crate) struct Shared {
     pub(crate) cfg: ProxyConfig,
     pub(crate) router: Router,
     pub(crate) metrics: Metrics,
+    /// Where failed requests are reported for the app's log ([`AppProxy::set_notes`]).
+    pub(crate) notes: std::sync::OnceLock<Notes>,
+    pub(crate) note_budget: crate::proxy::error::NoteBudget,
 }
+
+/// Writes one line into the app's log (stream `windlass`).
+pub type Notes = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// The proxy of one app. Cheap to clone; all clones drive the same proxy.
 #[derive(Clone)]
@@ -82,8 +88,17 @@ impl AppProxy {
                 cfg,
                 router,
                 metrics: Metrics::default(),
+                notes: std::sync::OnceLock::new(),
+                note_budget: crate::proxy::error::NoteBudget::new(),
             }),
         }
+    }
+
+    /// Where to report the requests the proxy answered with an error page: one line each,
+    /// with the request id the client saw and what exactly failed (the supervisor writes
+    /// them into the app's log). Only the first call takes effect.
+    pub fn set_notes(&self, notes: Notes) {
+        let _ = self.shared.notes.set(notes);
     }
 
     /// The app name.

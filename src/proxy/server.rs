@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::proxy::Shared;
-use crate::proxy::deadline::Stall;
+use crate::proxy::deadline::{HeadClock, Heads, Stall};
 use crate::proxy::workers::Workers;
 use crate::proxy::{fast, forward};
 
@@ -134,18 +134,21 @@ impl Connection {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let ip = client_ip.to_str().unwrap_or("unknown");
         let trusted = shared.cfg.trusts(peer.ip());
-        if let fast::Served::Closed =
-            fast::serve(&shared, ip, trusted, &mut stream, &mut buf, &mut stop).await
-        {
-            return;
-        }
+        let head_since =
+            match fast::serve(&shared, ip, trusted, &mut stream, &mut buf, &mut stop).await {
+                fast::Served::Closed => return,
+                fast::Served::Fallback { head_since } => head_since,
+            };
+        let heads = Arc::new(Heads::default());
         let stream = Prefixed {
             prefix: buf,
             inner: stream,
             stall: Stall::new(shared.cfg.idle_timeout),
+            head: HeadClock::new(shared.cfg.header_timeout, Arc::clone(&heads), head_since),
         };
         let service = service_fn(move |req| {
-            forward::handle(Arc::clone(&shared), client_ip.clone(), trusted, req)
+            let mark = heads.request();
+            forward::handle(Arc::clone(&shared), client_ip.clone(), trusted, mark, req)
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -167,10 +170,12 @@ impl Connection {
 /// A client connection whose first bytes were already read (by the plain-request path).
 /// A write the client does not take within `write_stall` (it stopped reading) fails, so
 /// such a client cannot hold the connection, the app's connection and a drain for ever.
+/// A head the client does not finish within `header_timeout` gets a 408 ([`HeadClock`]).
 struct Prefixed {
     prefix: BytesMut,
     inner: TcpStream,
     stall: Stall,
+    head: HeadClock,
 }
 
 impl Prefixed {
@@ -181,6 +186,7 @@ impl Prefixed {
         r: Poll<io::Result<usize>>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
+        self.head.write_blocked = r.is_pending();
         match r {
             Poll::Ready(r) => {
                 self.stall.progressed();
@@ -209,7 +215,19 @@ impl AsyncRead for Prefixed {
             out.put_slice(&this.prefix.split_to(n));
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, out)
+        let before = out.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, out);
+        if this.head.expired(&r, out.filled().len() > before, cx) {
+            if !this.head.write_blocked {
+                // Best effort and without waiting: a client this slow may not read.
+                let _ = this.inner.try_write(fast::HEAD_TIMEOUT_PAGE);
+            }
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not send a whole request head within the header timeout",
+            )));
+        }
+        r
     }
 }
 

@@ -188,9 +188,13 @@ impl Supervisor {
             };
             let log = Arc::new(AppLog::new(&log_dir, &app.name, app.logs, tap.clone()));
             let shared_cfg = Arc::new(RwLock::new(Arc::new(app.clone())));
-            let proxy = app
-                .port
-                .map(|_| AppProxy::new(&app.name, proxy_config(app)));
+            let proxy = app.port.map(|_| {
+                let proxy = AppProxy::new(&app.name, proxy_config(app));
+                // Failed requests are told in the app's log, with their request id.
+                let log = log.clone();
+                proxy.set_notes(Arc::new(move |line: &str| log.note(None, line)));
+                proxy
+            });
             let counters = Arc::new(AppCounters::default());
             let mut instances = Vec::new();
             for index in 0..app.instances {
@@ -655,6 +659,8 @@ fn proxy_config(app: &AppConfig) -> ProxyConfig {
         connect_timeout: app.proxy.connect_timeout,
         response_timeout: app.proxy.response_timeout,
         idle_timeout: app.proxy.idle_timeout,
+        header_timeout: app.proxy.header_timeout,
+        body_timeout: app.proxy.body_timeout,
         trusted_proxies: app.proxy.trusted_proxies.clone(),
         ..ProxyConfig::default()
     }

@@ -335,9 +335,11 @@ async fn forwards_x_forwarded_headers_and_strips_hop_by_hop() {
     let lines: Vec<&str> = body.lines().collect();
     for want in [
         "host: example.test",
-        "x-forwarded-for: 10.0.0.1, 127.0.0.1",
+        // An untrusted client's own X-Forwarded-For is dropped, not extended.
+        "x-forwarded-for: 127.0.0.1",
         "x-forwarded-proto: http",
         "x-forwarded-host: example.test",
+        "x-real-ip: 127.0.0.1",
         "x-custom: kept",
     ] {
         assert!(lines.contains(&want), "missing {want:?} in {lines:?}");
@@ -789,21 +791,37 @@ async fn least_outstanding_sends_new_requests_around_a_busy_backend() {
 
 #[tokio::test]
 async fn idle_client_connection_is_closed_after_the_idle_timeout() {
-    let (_proxy, addr) = start_proxy(ProxyConfig {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(ProxyConfig {
         idle_timeout: Duration::from_millis(100),
         ..quick_cfg()
     })
     .await;
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    // A partial request head, then silence (slowloris).
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    add_ready(&proxy, &up);
+    // A connection that sends nothing, and one idle after a request (on each path): both
+    // closed silently, as nginx does (a head that has begun gets a 408 instead).
+    let silent = TcpStream::connect(addr).await.expect("connect");
+    let mut plain = TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    let mut buf = Vec::new();
-    // hyper may answer 408 before closing, or reset; either way the connection ends.
-    let _read_result = tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf))
+    let mut full = TcpStream::connect(addr).await.expect("connect");
+    full.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
         .await
-        .expect("connection closed by the proxy");
+        .expect("write");
+    for (what, mut s) in [("silent", silent), ("plain", plain), ("full", full)] {
+        let mut buf = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: connection closed by the proxy"))
+            .expect("read");
+        let got = String::from_utf8_lossy(&buf);
+        assert!(!got.contains("408"), "{what}: {got}");
+        if what != "silent" {
+            assert!(got.starts_with("HTTP/1.1 200"), "{what}: {got}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -1128,7 +1146,7 @@ async fn a_connection_moves_to_the_full_path_at_its_first_request_with_a_body() 
 #[tokio::test]
 async fn plain_path_head_deadline_is_not_extended_by_trickling_bytes() {
     let (_proxy, addr) = start_proxy(ProxyConfig {
-        idle_timeout: Duration::from_millis(300),
+        header_timeout: Duration::from_millis(300),
         ..quick_cfg()
     })
     .await;
@@ -1187,10 +1205,12 @@ async fn only_trusted_proxies_pass_on_their_forwarded_proto_and_host() {
             } else {
                 &["x-forwarded-proto: http", "x-forwarded-host: internal:8080"]
             };
-            for w in want
-                .iter()
-                .chain(&["x-forwarded-for: 203.0.113.9, 127.0.0.1"])
-            {
+            let forwarded_for: &[&str] = if trusted {
+                &["x-forwarded-for: 203.0.113.9, 127.0.0.1"]
+            } else {
+                &["x-forwarded-for: 127.0.0.1"]
+            };
+            for w in want.iter().chain(forwarded_for) {
                 assert!(
                     lines.contains(w),
                     "trusted={trusted} body={body:?}: missing {w:?} in {lines:?}"
@@ -1271,4 +1291,614 @@ async fn a_client_that_stops_reading_does_not_hold_the_instance() {
         .await;
         drop(s);
     }
+}
+
+// ---------------------------------------------------------------- issue 10: request-level hardening
+
+/// The forwarding headers a client may try to spoof, with the values it claims.
+const SPOOFED: [(&str, &str); 9] = [
+    (
+        "forwarded",
+        "for=203.0.113.66;proto=https;host=evil.example",
+    ),
+    ("x-forwarded-for", "203.0.113.66"),
+    ("x-forwarded-port", "8443"),
+    ("x-forwarded-ssl", "on"),
+    ("x-forwarded-scheme", "https"),
+    ("x-forwarded-prefix", "/admin"),
+    ("x-forwarded-server", "evil.example"),
+    ("x-real-ip", "203.0.113.66"),
+    ("x_forwarded_proto", "https"),
+];
+
+#[tokio::test]
+async fn untrusted_clients_cannot_spoof_forwarding_headers_on_either_path() {
+    let up = Upstream::start("a").await;
+    for trusted in [false, true] {
+        let (proxy, addr) = start_proxy(ProxyConfig {
+            trusted_proxies: if trusted {
+                vec!["127.0.0.0/8".parse().expect("range")]
+            } else {
+                vec!["10.0.0.0/8".parse().expect("range")]
+            },
+            ..quick_cfg()
+        })
+        .await;
+        add_ready(&proxy, &up);
+        let mut tx = client(addr).await;
+        // A plain GET (raw path), then a POST with a body (hyper path), then a GET again
+        // (the connection stays on the hyper path).
+        for body in ["", "a body", ""] {
+            let mut req = Request::builder()
+                .method(if body.is_empty() { "GET" } else { "POST" })
+                .uri("/headers")
+                .header("host", "example.test");
+            for (name, value) in SPOOFED {
+                req = req.header(name, value).header(name.to_uppercase(), value);
+            }
+            let req = req
+                .body(Full::new(Bytes::from(body)).boxed())
+                .expect("request");
+            let (status, _, echoed) = send(&mut tx, req).await;
+            assert_eq!(status, StatusCode::OK);
+            let lines: Vec<&str> = echoed.lines().collect();
+            let ctx = format!("trusted={trusted} body={body:?}: {lines:#?}");
+            if trusted {
+                for want in [
+                    "forwarded: for=203.0.113.66;proto=https;host=evil.example",
+                    "x-forwarded-port: 8443",
+                    "x-forwarded-ssl: on",
+                    "x-forwarded-scheme: https",
+                    "x-forwarded-prefix: /admin",
+                    "x-real-ip: 203.0.113.66",
+                    "x-forwarded-for: 203.0.113.66, 203.0.113.66, 127.0.0.1",
+                ] {
+                    assert!(lines.contains(&want), "missing {want:?}; {ctx}");
+                }
+            } else {
+                for want in [
+                    "x-forwarded-for: 127.0.0.1",
+                    "x-real-ip: 127.0.0.1",
+                    "x-forwarded-proto: http",
+                    "x-forwarded-host: example.test",
+                ] {
+                    assert!(lines.contains(&want), "missing {want:?}; {ctx}");
+                }
+                assert!(!echoed.contains("203.0.113.66"), "{ctx}");
+                assert!(!echoed.contains("evil.example"), "{ctx}");
+                for gone in [
+                    "forwarded:",
+                    "x-forwarded-port:",
+                    "x-forwarded-ssl:",
+                    "x-forwarded-scheme:",
+                    "x-forwarded-prefix:",
+                    "x-forwarded-server:",
+                    "x_forwarded_proto:",
+                ] {
+                    assert!(
+                        !lines.iter().any(|l| l.starts_with(gone)),
+                        "{gone} reached the app; {ctx}"
+                    );
+                }
+                for once in ["x-forwarded-for:", "x-real-ip:", "x-forwarded-proto:"] {
+                    let n = lines.iter().filter(|l| l.starts_with(once)).count();
+                    assert_eq!(n, 1, "{once}; {ctx}");
+                }
+            }
+        }
+    }
+}
+
+/// Reads one response from `s` (head, then a `content-length` body unless `head_only`);
+/// returns the head and the body.
+async fn read_response(
+    s: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    head_only: bool,
+) -> (String, String) {
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before a whole head: {:?}",
+            String::from_utf8_lossy(pending)
+        );
+        pending.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+    pending.drain(..end);
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().expect("length"))
+        })
+        .unwrap_or(0);
+    let len = if head_only { 0 } else { len };
+    while pending.len() < len {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("a body in time")
+            .expect("read");
+        assert!(n > 0, "closed in the body");
+        pending.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&pending[..len]).into_owned();
+    pending.drain(..len);
+    (head, body)
+}
+
+#[tokio::test]
+async fn an_error_answer_to_head_has_no_body_and_the_connection_stays_usable() {
+    // No instance: each request is held, then answered by the proxy's 503 page.
+    let (_proxy, addr) = start_proxy(ProxyConfig {
+        hold: Duration::from_millis(50),
+        ..quick_cfg()
+    })
+    .await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: mine-1\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut pending = Vec::new();
+    let (head_answer, _) = read_response(&mut s, &mut pending, true).await;
+    assert!(head_answer.starts_with("HTTP/1.1 503 "), "{head_answer}");
+    // Right after the HEAD answer's head comes the GET's answer, not a page.
+    let (head, body) = read_response(&mut s, &mut pending, false).await;
+    assert!(
+        head.starts_with("HTTP/1.1 503 "),
+        "HEAD answer had a body? {head}{body}"
+    );
+    assert!(head.contains("x-request-id: mine-1\r\n"), "{head}");
+    assert!(body.starts_with("503 Service Unavailable\n"), "{body}");
+    assert!(body.contains("Request id: mine-1\n"), "{body}");
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+        .await
+        .expect("closed after the last answer")
+        .expect("read");
+    assert_eq!(pending, b"", "bytes after the last answer");
+    assert!(
+        rest.is_empty(),
+        "bytes after the last answer: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(head_answer.contains("x-request-id: "), "{head_answer}");
+}
+
+/// Sends `head` a byte at a time (every 20 ms) until the proxy closes the connection;
+/// returns everything it answered.
+async fn trickle(s: TcpStream, head: &'static [u8]) -> String {
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        for b in head.iter().cycle() {
+            if w.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, r.read_to_end(&mut got))
+        .await
+        .expect("the proxy closes a head that never ends");
+    writer.abort();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn slow_head_cfg() -> ProxyConfig {
+    ProxyConfig {
+        header_timeout: Duration::from_millis(500),
+        ..quick_cfg()
+    }
+}
+
+#[tokio::test]
+async fn a_head_that_never_ends_gets_a_408_on_the_plain_path() {
+    let (_proxy, addr) = start_proxy(slow_head_cfg()).await;
+    let s = TcpStream::connect(addr).await.expect("connect");
+    let got = trickle(s, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+    assert!(
+        got.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{got:?}"
+    );
+    assert!(got.contains("connection: close\r\n"), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_head_that_never_ends_gets_a_408_on_the_full_path() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(slow_head_cfg()).await;
+    add_ready(&proxy, &up);
+    // A request with a body moves the connection to the hyper path; the next head trickles.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        .await
+        .expect("write");
+    let (head, body) = read_response(&mut s, &mut Vec::new(), false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "3");
+    let got = trickle(s, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+    assert!(
+        got.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{got:?}"
+    );
+
+    // A head too large for the plain path moves there unfinished, and still times out.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut big = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    while big.len() < 70 * 1024 {
+        big.extend_from_slice(b"X-Filler: ");
+        big.extend_from_slice(&[b'f'; 4000]);
+        big.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&big).await.expect("write");
+    let got = trickle(s, b"X-More: 1\r\n").await;
+    assert!(
+        got.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{got:?}"
+    );
+}
+
+/// An upstream that reads a request head and the part of its body that came with it, then
+/// waits for the proxy to close the connection, and reports that it saw the end.
+async fn body_waiting_upstream() -> (SocketAddr, Arc<Stats>, oneshot::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stats = Arc::new(Stats::default());
+    let st = Arc::clone(&stats);
+    let (eof_tx, eof_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        st.accepted.fetch_add(1, SeqCst);
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        st.started.store(1, SeqCst);
+                    }
+                }
+            }
+        }
+        let _ = eof_tx.send(());
+    });
+    (addr, stats, eof_rx)
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_a_408_and_lets_go_of_the_app_and_the_drain() {
+    let (up, stats, upstream_eof) = body_waiting_upstream().await;
+    // Long enough for the drain below to start while the request is still in flight.
+    let (proxy, addr) = start_proxy(ProxyConfig {
+        body_timeout: Duration::from_secs(1),
+        ..quick_cfg()
+    })
+    .await;
+    let id = proxy.add_backend(up);
+    assert!(proxy.set_ready(id, true));
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // 3 bytes of 10, then nothing.
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .expect("write");
+    wait_until("the request reached the app", || {
+        stats.started.load(SeqCst) == 1
+    })
+    .await;
+    // A reload's drain of this instance waits for the request, and only until it ends.
+    let report = tokio::spawn(proxy.drain(id, DEADLINE * 2));
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+        .await
+        .expect("the proxy ends the stalled exchange")
+        .expect("read");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{got}");
+    assert!(got.contains("connection: close\r\n"), "{got}");
+    tokio::time::timeout(DEADLINE, upstream_eof)
+        .await
+        .expect("the app's connection is closed")
+        .expect("upstream task");
+    let report = tokio::time::timeout(DEADLINE, report)
+        .await
+        .expect("the drain ends")
+        .expect("drain task");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.in_flight_at_start, 1, "{report:?}");
+    assert_eq!(proxy.metrics().in_flight, 0);
+}
+
+/// A network namespace joined to this one by a veth pair with addresses from
+/// 192.0.2.0/24 (TEST-NET-1): a client that is not on loopback. Removed when dropped,
+/// also on a panic.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let id = std::process::id() % 10_000;
+        // A /30 per test process, so parallel runs do not collide.
+        let net = 4 * (id % 60);
+        let ns = Netns {
+            name: format!("wl-req-{id}"),
+            host_if: format!("wlq{id}h"),
+            host_ip: format!("192.0.2.{}", net + 1),
+        };
+        let peer_if = format!("wlq{id}n");
+        let peer_ip = format!("192.0.2.{}", net + 2);
+        // Left over from a run that was killed: removed first.
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &ns.host_if])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &ns.name])
+            .output();
+        for args in [
+            vec!["netns", "add", &ns.name],
+            vec![
+                "link",
+                "add",
+                &ns.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer_if,
+            ],
+            vec!["link", "set", &peer_if, "netns", &ns.name],
+            vec![
+                "addr",
+                "add",
+                &format!("{}/30", ns.host_ip),
+                "dev",
+                &ns.host_if,
+            ],
+            vec!["link", "set", &ns.host_if, "up"],
+        ] {
+            ns.ip(&args);
+        }
+        for args in [
+            vec!["addr", "add", &format!("{peer_ip}/30"), "dev", &peer_if],
+            vec!["link", "set", &peer_if, "up"],
+            vec!["link", "set", "lo", "up"],
+        ] {
+            let mut all = vec!["netns", "exec", &ns.name, "ip"];
+            all.extend(args);
+            ns.ip(&all);
+        }
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("run `ip` (package iproute2)");
+        assert!(
+            out.status.success(),
+            "ip {}: {} (this test needs root, as CI runs it)",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `curl -i` from inside the namespace; returns (status, headers, body).
+    fn curl(&self, url: &str) -> (u16, String, String) {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "curl",
+                "-sS",
+                "-i",
+                "--max-time",
+                "60",
+                url,
+            ])
+            .output()
+            .expect("run curl in the namespace");
+        let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+        let (head, body) = text.split_once("\n\n").unwrap_or_else(|| {
+            panic!(
+                "curl {url}: {text:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("curl {url}: {text:?}"));
+        (status, head.to_ascii_lowercase(), body.to_owned())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// An app whose health check passes and which resets every other request after reading
+/// it, so the proxy's answer is a 502 whose cause is an OS error.
+const RESETTING_APP: &str = r#"
+import os, socket, struct, threading
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"])))
+s.listen(64)
+def serve(c):
+    buf = b""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(65536)
+            if not d:
+                c.close()
+                return
+            buf += d
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        if head.startswith(b"GET /health "):
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+        else:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+            return
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+#[test]
+fn error_pages_tell_a_stranger_only_what_failed_and_a_request_id() {
+    use crate::helper;
+    let port = helper::free_port();
+    let p = helper::Project::new(&format!(
+        "[app.secretapp]\ncommand = [\"python3\", \"app.py\"]\nport = {port}\nbind = \"0.0.0.0\"\n\
+         health = {{ path = \"/health\" }}\n"
+    ));
+    p.write("app.py", RESETTING_APP);
+    let _sup = p.up(&[]);
+    helper::wait_for("the app behind the proxy", helper::DEADLINE, || {
+        helper::http_get(port, "/health")
+            .ok()
+            .filter(|(c, _)| *c == 200)
+    });
+    let ns = Netns::new();
+
+    // From another machine (the namespace): one line and a request id, nothing inside.
+    let (status, head, body) = ns.curl(&format!("http://{}:{port}/boom", ns.host_ip));
+    assert_eq!(status, 502, "{head}{body}");
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no x-request-id: {head}"))
+        .trim()
+        .to_owned();
+    assert_eq!(
+        body,
+        format!("502 Bad Gateway\n\nThe app did not answer.\nRequest id: {id}\n")
+    );
+    for secret in ["127.0.0.1", "os error", "reset", "secretapp", "windlass"] {
+        assert!(!body.to_lowercase().contains(secret), "{secret} in {body}");
+    }
+
+    // From this machine: the detail too, with its own request id (the client's here).
+    let (status, local) =
+        helper::http_request(port, "GET", "/boom", &[("X-Request-Id", "local-1")])
+            .expect("request");
+    assert_eq!(status, 502, "{local}");
+    assert!(local.contains("Request id: local-1\n"), "{local}");
+    assert!(local.contains("127.0.0.1:"), "{local}");
+    assert!(local.contains("os error"), "{local}");
+    assert!(local.contains("windlass logs secretapp"), "{local}");
+
+    // The app's log has the detail of both, under the ids the clients saw.
+    for id in [id.as_str(), "local-1"] {
+        let line = helper::wait_for("the failure in the app's log", helper::DEADLINE, || {
+            p.log_lines("secretapp")
+                .into_iter()
+                .find(|l| l.contains(&format!("(request id {id})")))
+        });
+        assert!(line.contains(" windlass "), "{line}");
+        assert!(line.contains("502 Bad Gateway for GET /boom"), "{line}");
+        assert!(
+            line.contains("127.0.0.1:") && line.contains("os error"),
+            "{line}"
+        );
+    }
+}
+
+/// An app that answers its health check, and for a POST says so on stdout and reads the
+/// body (a stalled upload holds one of its threads).
+const UPLOAD_APP: &str = r#"
+import os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+    def do_POST(self):
+        print(f"upload started pid={os.getpid()}", flush=True)
+        n = len(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(str(n))))
+        self.end_headers()
+        self.wfile.write(str(n).encode())
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+#[test]
+fn a_stalled_upload_does_not_hold_a_reload() {
+    use crate::helper;
+    use std::io::{Read, Write};
+    let port = helper::free_port();
+    // The drain would wait up to the stop timeout (80 s) for the request; the body timeout
+    // leaves the new instance time to start while the request is still in flight.
+    let p = helper::Project::new(&format!(
+        "[app.web]\ncommand = [\"python3\", \"app.py\"]\nport = {port}\n\
+         health = {{ path = \"/health\" }}\nstop = {{ timeout = \"80s\" }}\n\
+         proxy = {{ body_timeout = \"5s\" }}\n"
+    ));
+    p.write("app.py", UPLOAD_APP);
+    let _sup = p.up(&[]);
+    helper::wait_for("the app behind the proxy", helper::DEADLINE, || {
+        helper::http_get(port, "/health")
+            .ok()
+            .filter(|(c, _)| *c == 200)
+    });
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(helper::DEADLINE)).expect("timeout");
+    // 3 bytes of 10, then nothing.
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .expect("write");
+    helper::wait_for("the upload reached the app", helper::DEADLINE, || {
+        p.log_lines("web")
+            .into_iter()
+            .find(|l| l.contains("upload started"))
+    });
+    let o = p.run(&["reload", "web"]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("old drained (1 request(s) in flight)"),
+        "{out}"
+    );
+    assert!(!out.contains("deadline reached"), "{out}");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("the proxy closes the stalled upload");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{got}");
 }
