@@ -273,6 +273,8 @@ pub struct AdminConfig {
     /// Where `/metrics`, `/dashboard` and `/api` are served; `None` when `listen = "off"`.
     pub listen: Option<SocketAddr>,
     pub token: Option<String>,
+    /// Other names a request's `Host` may give (`hosts`), lowercase, without a port.
+    pub hosts: Vec<String>,
     /// True when `listen` was written in the config. The default address may be taken (by
     /// another project's windlass on the same host): then a free loopback port is used.
     pub explicit: bool,
@@ -283,6 +285,7 @@ impl fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("hosts", &self.hosts)
             .finish()
     }
 }
@@ -292,6 +295,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9180))),
             token: None,
+            hosts: Vec::new(),
             explicit: false,
         }
     }
