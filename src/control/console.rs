@@ -128,6 +128,10 @@ pub async fn attach(
         .into_response()
 }
 
+/// Copies console output to the viewer and (for the writer) its bytes to the terminal, until
+/// either side closes or the supervisor stops. The two directions do not wait for each other:
+/// while the terminal takes no input, this viewer's connection is not read (back-pressure),
+/// and its output still flows.
 async fn serve<S>(mut viewer: Viewer, io: S, mut stopped: tokio::sync::watch::Receiver<bool>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -137,10 +141,10 @@ where
     if wr.write_all(&replay).await.is_err() || wr.flush().await.is_err() {
         return;
     }
-    let mut buf = vec![0u8; 4096];
-    loop {
-        tokio::select! {
-            out = viewer.output.recv() => match out {
+    let keyboard = viewer.keyboard();
+    let output = async {
+        loop {
+            match viewer.output.recv().await {
                 Ok(data) => {
                     if wr.write_all(&data).await.is_err() || wr.flush().await.is_err() {
                         return;
@@ -148,19 +152,26 @@ where
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
-            },
-            n = rd.read(&mut buf) => match n {
+            }
+        }
+    };
+    let input = async {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    // A failed write means no process holds the terminal (between restarts).
-                    let _ = viewer.input(&buf[..n]);
-                }
-            },
-            r = stopped.changed() => {
-                if r.is_err() || *stopped.borrow() {
-                    return;
+                    // A read-only viewer's bytes are read (to notice it leaving) and dropped.
+                    if let Some(k) = &keyboard {
+                        k.send(bytes::Bytes::copy_from_slice(&buf[..n])).await;
+                    }
                 }
             }
         }
+    };
+    tokio::select! {
+        _ = output => {}
+        _ = input => {}
+        _ = stopped.wait_for(|s| *s) => {}
     }
 }
