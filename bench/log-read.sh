@@ -8,12 +8,13 @@
 #   bash bench/log-read.sh [NAME=BINARY ...]     default: windlass=target/release/windlass
 #   e.g. NS="10000 1000000" bash bench/log-read.sh before=/tmp/wl-before after=target/debug/windlass
 #
-# Knobs (env): LOG_MB (18), NS ("10000"), W (/tmp/windlass-logread). Only 127.0.0.1 is used;
+# Knobs (env): LOG_MB (18), NS ("10000"), LINE (100: bytes per record), W (/tmp/windlass-logread). Only 127.0.0.1 is used;
 # every supervisor started is stopped with `windlass down` (and SIGTERM by pid on exit).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 LOG_MB=${LOG_MB:-18}
+LINE=${LINE:-100}
 NS=${NS:-10000}
 W=${W:-/tmp/windlass-logread}
 [ $# -gt 0 ] || set -- "windlass=$REPO/target/release/windlass"
@@ -28,14 +29,14 @@ trap cleanup EXIT
 
 # The log files: LOG_MB MB of ~100-byte records, 10 MB per file (the default max_size).
 LOGS=$W/logs
-if [ ! -f "$LOGS/.done-$LOG_MB" ]; then
+if [ ! -f "$LOGS/.done-$LOG_MB-$LINE" ]; then
   rm -rf "$LOGS"; mkdir -p "$LOGS"
-  /usr/bin/python3 - "$LOGS" "$LOG_MB" <<'EOF'
+  /usr/bin/python3 - "$LOGS" "$LOG_MB" "$LINE" <<'EOF'
 import sys
-d, mb = sys.argv[1], int(sys.argv[2])
+d, mb, line = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 total, per_file = mb * 1000000, 10 * 1000000
 files, i, size = [], 0, 0
-rec = lambda i: ("2026-11-25T00:00:00.%06dZ 0 out line %09d %s\n" % (i % 1000000, i, "x" * 45)).encode()
+rec = lambda i: ("2026-11-25T00:00:00.%06dZ 0 out line %09d %s\n" % (i % 1000000, i, "x" * max(0, line - 55))).encode()
 while size < total:
     chunk = bytearray()
     while len(chunk) < per_file and size + len(chunk) < total:
@@ -48,7 +49,7 @@ for k, data in enumerate(files):
     open("%s/%s" % (d, name), "wb").write(data)
 print("%d records in %d files" % (i, len(files)), file=sys.stderr)
 EOF
-  touch "$LOGS/.done-$LOG_MB"
+  touch "$LOGS/.done-$LOG_MB-$LINE"
 fi
 
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

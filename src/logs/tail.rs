@@ -1,9 +1,10 @@
 //! Reading the last lines of an app's logs, across rotated files, without reading whole files.
 //!
 //! Each file is read once, backwards from its end, in blocks, until enough line ends are seen;
-//! the blocks read are kept (no re-copying while going back) and joined once. Work and memory
-//! are proportional to the lines returned (plus one block), however large the files: a read
-//! asks for at most [`MAX_LINES`] lines and returns at most about [`MAX_BYTES`] per app.
+//! the blocks read are kept (no re-copying while going back), then handed out as lines, oldest
+//! first, each block freed once its lines are parsed. Work and memory are proportional to the
+//! lines returned (plus one block), however large the files: a read asks for at most
+//! [`MAX_LINES`] lines and returns at most about [`MAX_BYTES`] per app.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -23,17 +24,16 @@ pub const MAX_LINES: usize = 10_000;
 /// saying so.
 pub const MAX_BYTES: usize = 16 * 1024 * 1024;
 
-/// What [`tail_file`] found: the last lines of one file, oldest first.
-struct Tail {
-    lines: Vec<String>,
-    /// True when the byte budget ran out before `n` lines (or the file's start) were reached.
-    cut: bool,
-}
-
-/// The last `n` lines of `path` (fewer if the file is shorter, or if they take more than
-/// `budget` bytes; `budget` is reduced by what was taken), oldest first. Lines are what
-/// `str::lines` makes of the file: a last line without a newline is a line.
-fn tail_file(path: &Path, n: usize, budget: &mut usize) -> io::Result<Tail> {
+/// Calls `line` with each of the last `n` lines of `path` (fewer if the file is shorter, or if
+/// they take more than `budget` bytes; `budget` is reduced by what was taken), oldest first.
+/// Lines are what `str::lines` makes of the file: split at `\n` (a `\r` before it dropped), a
+/// last line without a newline is a line. Returns true when the budget cut the lines short.
+fn tail_file(
+    path: &Path,
+    n: usize,
+    budget: &mut usize,
+    line: &mut dyn FnMut(&[u8]),
+) -> io::Result<bool> {
     let mut f = File::open(path)?;
     let len = f.metadata()?.len();
     let mut pos = len;
@@ -71,32 +71,51 @@ fn tail_file(path: &Path, n: usize, budget: &mut usize) -> io::Result<Tail> {
         }
     }
     let start = start.unwrap_or(pos);
-    let mut data: Vec<u8> = Vec::with_capacity((len - start) as usize);
+    // Hand out the lines block by block, oldest first, each block freed once done: only a line
+    // that spans two blocks is copied.
+    let mut carry: Vec<u8> = Vec::new();
     let mut at = pos;
     while let Some(block) = blocks.pop() {
         let end = at + block.len() as u64;
         if end > start {
-            data.extend_from_slice(&block[(start.max(at) - at) as usize..]);
+            let mut rest = &block[(start.max(at) - at) as usize..];
+            *budget = budget.saturating_sub(rest.len());
+            while let Some(i) = memchr::memchr(b'\n', rest) {
+                let whole = if carry.is_empty() {
+                    &rest[..i]
+                } else {
+                    carry.extend_from_slice(&rest[..i]);
+                    &carry[..]
+                };
+                line(whole.strip_suffix(b"\r").unwrap_or(whole));
+                carry.clear();
+                rest = &rest[i + 1..];
+            }
+            carry.extend_from_slice(rest);
         }
         at = end;
     }
-    *budget = budget.saturating_sub(data.len());
-    let text = String::from_utf8_lossy(&data);
-    let lines = text.lines().map(str::to_owned).collect();
-    Ok(Tail { lines, cut })
+    if !carry.is_empty() {
+        line(&carry);
+    }
+    Ok(cut)
 }
 
 /// The last `n` lines of `path` (fewer if the file is shorter), oldest first.
 pub fn last_lines(path: &Path, n: usize) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
     let mut budget = usize::MAX;
-    Ok(tail_file(path, n, &mut budget)?.lines)
+    tail_file(path, n, &mut budget, &mut |l| {
+        out.push(String::from_utf8_lossy(l).into_owned())
+    })?;
+    Ok(out)
 }
 
 /// The last records of one app: [`last_records`]'s answer.
 pub struct Records {
     /// Oldest first.
     pub records: Vec<LogLine>,
-    /// True when older lines were left out because of [`MAX_BYTES`].
+    /// True when older lines were left out because of the byte limit.
     pub cut: bool,
 }
 
@@ -112,7 +131,7 @@ pub fn last_records(
     let mut files = vec![log_path(dir, app)];
     files.extend((1..=keep.max(1)).map(|k| rotated_path(dir, app, k)));
     // Newest file first.
-    let mut parts: Vec<Vec<String>> = Vec::new();
+    let mut parts: Vec<Vec<LogLine>> = Vec::new();
     let mut got = 0usize;
     let mut budget = max_bytes;
     let mut cut = false;
@@ -120,19 +139,21 @@ pub fn last_records(
         if got >= n || cut {
             break;
         }
-        match tail_file(&path, n - got, &mut budget) {
-            Ok(t) => {
-                got += t.lines.len();
-                cut = t.cut;
-                parts.push(t.lines);
+        let mut recs = Vec::new();
+        let mut add = |l: &[u8]| recs.push(parse_record(app, &String::from_utf8_lossy(l)));
+        match tail_file(&path, n - got, &mut budget, &mut add) {
+            Ok(c) => {
+                cut = c;
+                got += recs.len();
+                parts.push(recs);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         }
     }
     let mut records = Vec::with_capacity(got);
-    for lines in parts.iter().rev() {
-        records.extend(lines.iter().map(|l| parse_record(app, l)));
+    while let Some(mut older) = parts.pop() {
+        records.append(&mut older);
     }
     Ok(Records { records, cut })
 }
