@@ -11,9 +11,11 @@
 //!   and resize) needs `Authorization: Bearer TOKEN`; with no `token` configured it is not
 //!   served here at all (`403`): `windlass logs` and `windlass attach` use the control socket;
 //! - no `token`: other reads (`GET`, `HEAD`) are open, actions (`POST`) answer 401; the config
-//!   refuses a non-loopback `listen` without a token, so this is loopback only;
-//! - `token` set: actions need it; on a non-loopback address, every read of `/api` and
-//!   `/metrics` needs it too (Prometheus: `authorization: { credentials: TOKEN }`).
+//!   refuses a non-loopback `listen` without a token, so this is loopback only. Open reads of
+//!   the status leave out the instances' last stderr lines (app output, like the logs);
+//! - `token` set: actions need it; reads on loopback are open as above (stderr lines with the
+//!   token only); on a non-loopback address, every read of `/api` and `/metrics` needs it
+//!   (Prometheus: `authorization: { credentials: TOKEN }`).
 //!
 //! The dashboard's own files are always served (to a right `Host`): they hold no data, and the
 //! page asks for the token when the API wants one. `listen = "off"` disables the listener.
@@ -202,7 +204,9 @@ pub fn host_allowed(authority: &str, local: Option<SocketAddr>, hosts: &[String]
         return true;
     }
     if let Ok(ip) = name.parse::<IpAddr>() {
-        if ip.is_loopback() || local.is_some_and(|l| l.ip() == ip) {
+        // An IPv6 listener sees IPv4 clients as ::ffff:a.b.c.d.
+        let ip = ip.to_canonical();
+        if ip.is_loopback() || local.is_some_and(|l| l.ip().to_canonical() == ip) {
             return true;
         }
         // `[admin] hosts` holds addresses in this (canonical) spelling.
@@ -271,10 +275,19 @@ async fn guard_private(State(admin): State<Admin>, req: Request, next: Next) -> 
     }
 }
 
-async fn guard(State(admin): State<Admin>, req: Request, next: Next) -> Response {
+async fn guard(State(admin): State<Admin>, mut req: Request, next: Next) -> Response {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
-    let Some(token) = &admin.token else {
+    let given = bearer(&req);
+    let valid = match (&admin.token, given) {
+        (Some(token), Some(t)) => constant_time_eq(t.as_bytes(), token.as_bytes()),
+        _ => false,
+    };
+    if valid {
+        return next.run(req).await;
+    }
+    let Some(_) = &admin.token else {
         if read {
+            req.extensions_mut().insert(control::WithoutAppOutput);
             return next.run(req).await;
         }
         return unauthorized(
@@ -283,10 +296,10 @@ async fn guard(State(admin): State<Admin>, req: Request, next: Next) -> Response
         );
     };
     if read && admin.loopback {
+        req.extensions_mut().insert(control::WithoutAppOutput);
         return next.run(req).await;
     }
-    match bearer(&req) {
-        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => next.run(req).await,
+    match given {
         Some(_) => unauthorized(
             "wrong token",
             "send the `token` of [admin] in windlass.toml as `Authorization: Bearer TOKEN`",
@@ -369,6 +382,7 @@ mod tests {
             "windlass.internal",
             "Windlass.Internal:80",
             "192.168.7.7:9180",
+            "[::ffff:127.0.0.1]",
         ] {
             assert!(host_allowed(ok, local, &hosts), "{ok} is allowed");
         }
@@ -389,12 +403,13 @@ mod tests {
             "[evil]",
             "10.1.2.4",
             "0.0.0.0",
-            "[::ffff:127.0.0.1]",
             "sub.windlass.internal",
         ] {
             assert!(!host_allowed(bad, local, &hosts), "{bad:?} is refused");
         }
         assert!(!host_allowed("10.1.2.3", None, &[]));
+        let mapped = Some("[::ffff:10.1.2.3]:9180".parse().expect("addr"));
+        assert!(host_allowed("10.1.2.3:9180", mapped, &[]));
     }
 
     #[tokio::test]

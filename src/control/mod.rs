@@ -17,7 +17,7 @@ use axum::extract::{Path as UrlPath, Query, State as AxState};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures_util::StreamExt;
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -33,6 +33,18 @@ pub struct Ctx {
     pub down: Arc<Notify>,
     /// Turns true once every app is stopped (ends `logs -f` streams, answers `down`).
     pub stopped: watch::Receiver<bool>,
+}
+
+/// Put on a request by the admin listener when it carries no valid token: the answer leaves
+/// out what the apps printed (`last_stderr` of each instance), which only the control socket
+/// and token holders see.
+#[derive(Debug, Clone, Copy)]
+pub struct WithoutAppOutput;
+
+fn redact(instances: &mut [crate::protocol::InstanceStatus]) {
+    for i in instances {
+        i.last_stderr.clear();
+    }
 }
 
 /// The whole API, as served on the control socket.
@@ -108,17 +120,34 @@ async fn not_found() -> Response {
     )
 }
 
-async fn status(AxState(ctx): AxState<Ctx>) -> Response {
+async fn status(
+    AxState(ctx): AxState<Ctx>,
+    without_output: Option<Extension<WithoutAppOutput>>,
+) -> Response {
     let sup = ctx.supervisor.clone();
     match tokio::task::spawn_blocking(move || sup.status()).await {
-        Ok(s) => Json(s).into_response(),
+        Ok(mut s) => {
+            if without_output.is_some() {
+                for a in &mut s.apps {
+                    redact(&mut a.instances);
+                }
+            }
+            Json(s).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
     }
 }
 
-async fn app_status(AxState(ctx): AxState<Ctx>, UrlPath(app): UrlPath<String>) -> Response {
+async fn app_status(
+    AxState(ctx): AxState<Ctx>,
+    UrlPath(app): UrlPath<String>,
+    without_output: Option<Extension<WithoutAppOutput>>,
+) -> Response {
     match ctx.supervisor.app_status_by_name(&app) {
         Ok(mut s) => {
+            if without_output.is_some() {
+                redact(&mut s.instances);
+            }
             if let Some(cfg) = ctx.supervisor.config().app(&app) {
                 for inst in s.instances.iter_mut().filter(|i| i.pid.is_some()) {
                     inst.lisp = lisp_image::lisp_metrics(cfg, inst.index).await;

@@ -289,16 +289,39 @@ fn a_rebinding_host_is_misdirected() {
 fn log_reads_need_the_token_and_ask_for_at_most_10000_lines() {
     let admin = free_port();
     let p = Project::new(&format!(
-        "[app.talk]\ncommand = [\"sh\", \"-c\", \"echo the-secret-42; exec sleep 100000\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n"
+        "[app.talk]\ncommand = [\"sh\", \"-c\", \"echo the-secret-42; echo err-secret-43 >&2; exec sleep 100000\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n"
     ));
     let _sup = p.up(&[]);
-    wait_for("the secret in the log", DEADLINE, || {
-        p.log_lines("talk")
-            .iter()
-            .any(|l| l.contains("the-secret-42"))
-            .then_some(())
+    wait_for("the secrets in the log", DEADLINE, || {
+        let lines = p.log_lines("talk");
+        (lines.iter().any(|l| l.contains("the-secret-42"))
+            && lines.iter().any(|l| l.contains("err-secret-43")))
+        .then_some(())
     });
     let auth = format!("Bearer {TOKEN}");
+    // Status stays open on loopback, but the stderr lines in it are app output: token only.
+    assert!(
+        p.instance("talk", 0)["last_stderr"]
+            .to_string()
+            .contains("err-secret-43"),
+        "the control socket shows them"
+    );
+    for path in ["/api/v1/status", "/api/v1/apps/talk"] {
+        let (code, body) = http_get(admin, path).expect("status");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"talk\""), "{body}");
+        assert!(
+            !body.contains("err-secret-43"),
+            "{path} without the token: {body}"
+        );
+        let (code, body) =
+            http_request(admin, "GET", path, &[("Authorization", &auth)]).expect("status");
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains("err-secret-43"),
+            "{path} with the token: {body}"
+        );
+    }
     let (code, body) = http_get(admin, "/api/v1/logs").expect("logs");
     assert_eq!(code, 401, "{body}");
     assert!(!body.contains("the-secret-42"), "{body}");
