@@ -5,7 +5,9 @@
 //! for it; the answer's `windlass-console-role` header says `writer` or `viewer`). Closing
 //! the stream detaches; the app keeps running. `rows` and `cols` give the writer's window
 //! size; `POST /v1/apps/{app}/console/size?instance=N&rows=R&cols=C` changes it later
-//! (the app gets `SIGWINCH`).
+//! (the app gets `SIGWINCH`). While the app does not read its terminal, the writer's stream is
+//! not read either (back-pressure); nothing else waits for it. On the admin listener these
+//! routes need the token (see [`crate::admin`]).
 
 use axum::extract::{Path as UrlPath, Query, Request, State as AxState};
 use axum::http::{StatusCode, header};
