@@ -256,6 +256,7 @@ pub async fn run(
             token: admin_cfg.token.clone(),
             loopback: l.local_addr().is_ok_and(|a| a.ip().is_loopback()),
             metrics: metrics.clone(),
+            hosts: admin_cfg.hosts.clone(),
         };
         if let Ok(a) = l.local_addr() {
             tracing::info!(%a, "admin listener: http://{a}/dashboard, http://{a}/metrics");
@@ -263,11 +264,14 @@ pub async fn run(
         let router = admin::router(admin, ctx.clone());
         let mut stop = server_stop_rx.clone();
         tokio::spawn(async move {
-            axum::serve(l, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
+            axum::serve(
+                l,
+                router.into_make_service_with_connect_info::<admin::Local>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
         })
     });
     let server = tokio::spawn(async move {

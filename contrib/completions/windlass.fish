@@ -67,7 +67,7 @@ complete -c windlass -n "__fish_windlass_using_subcommand ps" -l json -d 'Print 
 complete -c windlass -n "__fish_windlass_using_subcommand ps" -s v -l verbose -d 'More log output from windlass itself (-v info, -vv debug); RUST_LOG overrides'
 complete -c windlass -n "__fish_windlass_using_subcommand ps" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c windlass -n "__fish_windlass_using_subcommand ps" -s V -l version -d 'Print version'
-complete -c windlass -n "__fish_windlass_using_subcommand logs" -s n -l lines -d 'How many past lines to show (per app)' -r
+complete -c windlass -n "__fish_windlass_using_subcommand logs" -s n -l lines -d 'How many past lines to show (per app), at most 10000' -r
 complete -c windlass -n "__fish_windlass_using_subcommand logs" -l file -d 'The config file' -r -F
 complete -c windlass -n "__fish_windlass_using_subcommand logs" -s f -l follow -d 'Keep printing new lines as they come'
 complete -c windlass -n "__fish_windlass_using_subcommand logs" -l json -d 'One JSON object per line: {ts, app, instance, stream, line}'

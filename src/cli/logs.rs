@@ -27,9 +27,10 @@ pub struct Args {
     /// Keep printing new lines as they come.
     #[arg(short, long)]
     pub follow: bool,
-    /// How many past lines to show (per app).
-    #[arg(short = 'n', long, default_value_t = 100)]
-    pub lines: usize,
+    /// How many past lines to show (per app), at most 10000.
+    #[arg(short = 'n', long, default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(0..=crate::logs::tail::MAX_LINES as u64))]
+    pub lines: u64,
     /// One JSON object per line: {ts, app, instance, stream, line}.
     #[arg(long)]
     pub json: bool,

@@ -279,6 +279,8 @@ pub struct AdminConfig {
     /// Where `/metrics`, `/dashboard` and `/api` are served; `None` when `listen = "off"`.
     pub listen: Option<SocketAddr>,
     pub token: Option<String>,
+    /// Other names a request's `Host` may give (`hosts`), lowercase, without a port.
+    pub hosts: Vec<String>,
     /// True when `listen` was written in the config. The default address may be taken (by
     /// another project's windlass on the same host): then a free loopback port is used.
     pub explicit: bool,
@@ -289,6 +291,7 @@ impl fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("hosts", &self.hosts)
             .finish()
     }
 }
@@ -298,6 +301,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9180))),
             token: None,
+            hosts: Vec::new(),
             explicit: false,
         }
     }

@@ -78,6 +78,9 @@ pub struct RawLisp {
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
     pub token: Option<String>,
+    /// Names the admin listener answers for besides localhost and its address; checked
+    /// (with their positions) by validation.
+    pub hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

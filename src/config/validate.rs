@@ -734,11 +734,54 @@ fn resolve_admin(cx: &mut Ctx<'_>, raw: Option<&super::raw::RawAdmin>) -> AdminC
             }
         },
     };
+    let mut hosts = Vec::new();
+    for h in raw.hosts.iter().flatten() {
+        match admin_host(h.get_ref()) {
+            Ok(name) => hosts.push(name),
+            Err(why) => cx.error(
+                Some(h.span()),
+                format!("invalid name `{}` in `hosts`: {why}", h.get_ref()),
+                Some("write host names as a browser's address bar shows them, without scheme or port, like hosts = [\"windlass.example.internal\"]".into()),
+            ),
+        }
+    }
     AdminConfig {
         listen,
         token,
+        hosts,
         explicit: raw.listen.is_some(),
     }
+}
+
+/// One name of `[admin] hosts`: a DNS name or an IP address, without a port; lowercase.
+fn admin_host(raw: &str) -> Result<String, &'static str> {
+    let name = raw.trim().to_ascii_lowercase();
+    let name = name.strip_suffix('.').unwrap_or(&name).to_owned();
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.contains("://") || name.contains('/') {
+        return Err("write only the name, without a scheme or a path");
+    }
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    if name.contains(':') {
+        return Err("write the name without a port (every port is accepted)");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err("a host name is letters, digits, `-` and `.`");
+    }
+    Ok(name)
 }
 
 /// Rewrites serde's messages into ours and adds a did-you-mean from the names serde lists.

@@ -5,7 +5,9 @@
 //! for it; the answer's `windlass-console-role` header says `writer` or `viewer`). Closing
 //! the stream detaches; the app keeps running. `rows` and `cols` give the writer's window
 //! size; `POST /v1/apps/{app}/console/size?instance=N&rows=R&cols=C` changes it later
-//! (the app gets `SIGWINCH`).
+//! (the app gets `SIGWINCH`). While the app does not read its terminal, the writer's stream is
+//! not read either (back-pressure); nothing else waits for it. On the admin listener these
+//! routes need the token (see [`crate::admin`]).
 
 use axum::extract::{Path as UrlPath, Query, Request, State as AxState};
 use axum::http::{StatusCode, header};
@@ -128,6 +130,10 @@ pub async fn attach(
         .into_response()
 }
 
+/// Copies console output to the viewer and (for the writer) its bytes to the terminal, until
+/// either side closes or the supervisor stops. The two directions do not wait for each other:
+/// while the terminal takes no input, this viewer's connection is not read (back-pressure),
+/// and its output still flows.
 async fn serve<S>(mut viewer: Viewer, io: S, mut stopped: tokio::sync::watch::Receiver<bool>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -137,10 +143,10 @@ where
     if wr.write_all(&replay).await.is_err() || wr.flush().await.is_err() {
         return;
     }
-    let mut buf = vec![0u8; 4096];
-    loop {
-        tokio::select! {
-            out = viewer.output.recv() => match out {
+    let keyboard = viewer.keyboard();
+    let output = async {
+        loop {
+            match viewer.output.recv().await {
                 Ok(data) => {
                     if wr.write_all(&data).await.is_err() || wr.flush().await.is_err() {
                         return;
@@ -148,19 +154,26 @@ where
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
-            },
-            n = rd.read(&mut buf) => match n {
+            }
+        }
+    };
+    let input = async {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    // A failed write means no process holds the terminal (between restarts).
-                    let _ = viewer.input(&buf[..n]);
-                }
-            },
-            r = stopped.changed() => {
-                if r.is_err() || *stopped.borrow() {
-                    return;
+                    // A read-only viewer's bytes are read (to notice it leaving) and dropped.
+                    if let Some(k) = &keyboard {
+                        k.send(bytes::Bytes::copy_from_slice(&buf[..n])).await;
+                    }
                 }
             }
         }
+    };
+    tokio::select! {
+        _ = output => {}
+        _ = input => {}
+        _ = stopped.wait_for(|s| *s) => {}
     }
 }

@@ -1,7 +1,8 @@
 //! The control API: versioned HTTP/1.1 + JSON on `.windlass/control.sock` (mode 0600).
 //!
-//! One handler per verb, each a thin call into the [`Supervisor`] handle. The same router will
-//! be mounted on the admin listener for the dashboard. Wire types live in [`crate::protocol`].
+//! One handler per verb, each a thin call into the [`Supervisor`] handle. The same routes are
+//! mounted on the admin listener under `/api`, the private ones (logs, consoles) behind the
+//! token there. Wire types live in [`crate::protocol`].
 
 pub mod client;
 pub mod console;
@@ -16,11 +17,11 @@ use axum::extract::{Path as UrlPath, Query, State as AxState};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures_util::StreamExt;
 use tokio::sync::{Notify, broadcast, watch};
 
-use crate::logs::tail::last_records;
+use crate::logs::tail::{MAX_BYTES, MAX_LINES, last_records};
 use crate::protocol::{ActionResult, ApiError, LogLine, LogsQuery, Stream};
 use crate::supervisor::{Action, Supervisor, SupervisorError, lisp_image};
 
@@ -34,16 +35,41 @@ pub struct Ctx {
     pub stopped: watch::Receiver<bool>,
 }
 
+/// Put on a request by the admin listener when it carries no valid token: the answer leaves
+/// out what the apps printed (`last_stderr` of each instance), which only the control socket
+/// and token holders see.
+#[derive(Debug, Clone, Copy)]
+pub struct WithoutAppOutput;
+
+fn redact(instances: &mut [crate::protocol::InstanceStatus]) {
+    for i in instances {
+        i.last_stderr.clear();
+    }
+}
+
+/// The whole API, as served on the control socket.
 pub fn router(ctx: Ctx) -> Router {
+    public_router(ctx.clone()).merge(private_router(ctx))
+}
+
+/// Every route but [`private_router`]'s (and the 404 for unknown paths).
+pub fn public_router(ctx: Ctx) -> Router {
     Router::new()
         .route("/v1/status", get(status))
-        .route("/v1/logs", get(logs))
         .route("/v1/apps/{app}", get(app_status))
-        .route("/v1/apps/{app}/console", get(console::attach))
-        .route("/v1/apps/{app}/console/size", post(console::resize))
         .route("/v1/apps/{app}/{action}", post(app_action))
         .route("/v1/down", post(down))
         .fallback(not_found)
+        .with_state(ctx)
+}
+
+/// What shows what the apps print, or types into them: log reads and consoles. The admin
+/// listener serves these only with its token (see [`crate::admin`]).
+pub fn private_router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/v1/logs", get(logs))
+        .route("/v1/apps/{app}/console", get(console::attach))
+        .route("/v1/apps/{app}/console/size", post(console::resize))
         .with_state(ctx)
 }
 
@@ -94,17 +120,34 @@ async fn not_found() -> Response {
     )
 }
 
-async fn status(AxState(ctx): AxState<Ctx>) -> Response {
+async fn status(
+    AxState(ctx): AxState<Ctx>,
+    without_output: Option<Extension<WithoutAppOutput>>,
+) -> Response {
     let sup = ctx.supervisor.clone();
     match tokio::task::spawn_blocking(move || sup.status()).await {
-        Ok(s) => Json(s).into_response(),
+        Ok(mut s) => {
+            if without_output.is_some() {
+                for a in &mut s.apps {
+                    redact(&mut a.instances);
+                }
+            }
+            Json(s).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
     }
 }
 
-async fn app_status(AxState(ctx): AxState<Ctx>, UrlPath(app): UrlPath<String>) -> Response {
+async fn app_status(
+    AxState(ctx): AxState<Ctx>,
+    UrlPath(app): UrlPath<String>,
+    without_output: Option<Extension<WithoutAppOutput>>,
+) -> Response {
     match ctx.supervisor.app_status_by_name(&app) {
         Ok(mut s) => {
+            if without_output.is_some() {
+                redact(&mut s.instances);
+            }
             if let Some(cfg) = ctx.supervisor.config().app(&app) {
                 for inst in s.instances.iter_mut().filter(|i| i.pid.is_some()) {
                     inst.lisp = lisp_image::lisp_metrics(cfg, inst.index).await;
@@ -175,17 +218,44 @@ async fn logs(AxState(ctx): AxState<Ctx>, Query(q): Query<LogsQuery>) -> Respons
         },
         None => sup.app_names(),
     };
+    let n = q.n.unwrap_or(100);
+    if n > MAX_LINES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "n = {n} asks for too many lines: a log read returns at most {MAX_LINES} past lines (per app)"
+            ),
+            Some(format!(
+                "ask for n={MAX_LINES} or fewer, or read the files in {} (`tail -n {n}`)",
+                sup.log_dir().display()
+            )),
+        );
+    }
     // Subscribe before reading history so no line falls between the two.
     let rx = q.follow.then(|| sup.subscribe_logs());
-    let n = q.n.unwrap_or(100).min(1_000_000);
     let dir = sup.log_dir();
     let keeps: Vec<u32> = apps.iter().map(|a| sup.log_keep(a).unwrap_or(5)).collect();
     let apps2 = apps.clone();
     let history = tokio::task::spawn_blocking(move || {
         let mut all: Vec<LogLine> = Vec::new();
         for (a, keep) in apps2.iter().zip(keeps) {
-            match last_records(&dir, a, n, keep) {
-                Ok(mut v) => all.append(&mut v),
+            match last_records(&dir, a, n, keep, MAX_BYTES) {
+                Ok(mut r) => {
+                    if r.cut {
+                        all.push(LogLine {
+                            ts: r.records.first().map(|l| l.ts.clone()).unwrap_or_else(crate::logs::timestamp),
+                            app: a.clone(),
+                            instance: None,
+                            stream: Stream::Windlass,
+                            line: format!(
+                                "older lines not shown: a log read returns at most {} MiB per app; they are in {}",
+                                MAX_BYTES >> 20,
+                                crate::logs::log_path(&dir, a).display()
+                            ),
+                        });
+                    }
+                    all.append(&mut r.records);
+                }
                 Err(e) => all.push(LogLine {
                     ts: crate::logs::timestamp(),
                     app: a.clone(),

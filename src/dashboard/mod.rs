@@ -3,8 +3,8 @@
 //!
 //! The page reads the same API as the CLI (`/api/v1/status`, `/api/v1/logs?follow=true`) and
 //! `/metrics` (request rates and latency from the proxy's histogram), keeps the last minutes
-//! in memory for its charts, and sends actions with `Authorization: Bearer` once the user gave
-//! the token.
+//! in memory for its charts, and sends actions and log reads with `Authorization: Bearer` once
+//! the user gave the token (until then the log panel says it needs it).
 
 use axum::Router;
 use axum::http::header;

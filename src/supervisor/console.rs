@@ -8,18 +8,25 @@
 //! 64 KiB ring replayed to each new viewer, and broadcast to attached viewers. The
 //! [`Console`] outlives restarts of its instance: viewers stay attached across them. Several
 //! viewers may watch; one at a time may type (the first that asked to).
+//!
+//! The PTY master is non-blocking and driven by the runtime ([`AsyncFd`]): one task reads the
+//! app's output, another writes what the typing viewer sends, from a small bounded queue. An
+//! app that does not read its terminal fills the terminal's input buffer, then that queue; the
+//! viewer's [`Keyboard::send`] then waits, so its connection stops being read (back-pressure
+//! to the client), and nothing else waits: no thread is blocked and no lock is held across a
+//! write, so status, resizes, other apps and restarts go on.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWriteExt;
+use tokio::io::unix::AsyncFd;
 use tokio::process::{Child, Command};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use super::capture::capture;
 use super::process::Launch;
@@ -30,12 +37,25 @@ use crate::protocol::Stream;
 /// How much console output is replayed to a viewer that attaches.
 pub const REPLAY: usize = 64 * 1024;
 
+/// Pieces of typed input (each one read from a viewer's connection, up to 4 KiB) queued for
+/// the terminal: beyond these, the viewer waits.
+const INPUT_QUEUE: usize = 16;
+
+/// The terminal of the running process.
+#[derive(Clone)]
+struct Pty {
+    /// The non-blocking PTY master (also read by the output task).
+    master: Arc<AsyncFd<OwnedFd>>,
+    /// Typed input, written to `master` by the input task.
+    input: mpsc::Sender<Bytes>,
+}
+
 /// One instance's console, shared by the instance task and the viewers.
 pub struct Console {
     ring: Mutex<VecDeque<u8>>,
     out: broadcast::Sender<Bytes>,
-    /// The PTY master of the running process (for input), if any.
-    input: Mutex<Option<File>>,
+    /// The terminal of the running process, if any.
+    pty: Mutex<Option<Pty>>,
     /// The viewer that may type.
     writer: Mutex<Option<u64>>,
     next_viewer: AtomicU64,
@@ -60,7 +80,7 @@ impl Default for Console {
             // 128 PTY reads (up to 4 KiB each) for a slow viewer; every instance has one, so
             // it stays small (1024 slots cost ~57 KiB per instance, console or not).
             out: broadcast::channel(128).0,
-            input: Mutex::new(None),
+            pty: Mutex::new(None),
             writer: Mutex::new(None),
             next_viewer: AtomicU64::new(1),
             size: Mutex::new((24, 80)),
@@ -101,15 +121,37 @@ impl Viewer {
         }
     }
 
-    /// Sends keystrokes to the app (ignored for read-only viewers or with no process).
-    pub fn input(&self, data: &[u8]) -> std::io::Result<()> {
-        if !self.writer {
-            return Ok(());
-        }
-        let mut input = self.console.input.lock().unwrap_or_else(|p| p.into_inner());
-        match input.as_mut() {
-            Some(f) => f.write_all(data),
-            None => Ok(()),
+    /// The way to type into the app: `None` for a read-only viewer.
+    pub fn keyboard(&self) -> Option<Keyboard> {
+        self.writer.then(|| Keyboard {
+            console: self.console.clone(),
+        })
+    }
+}
+
+/// What the typing viewer sends keystrokes with (the viewer itself holds the keyboard: drop
+/// it to give it up).
+#[derive(Clone)]
+pub struct Keyboard {
+    console: Arc<Console>,
+}
+
+impl Keyboard {
+    /// Queues keystrokes for the app's terminal; waits while the queue is full (the app is
+    /// not reading), which is the back-pressure on the viewer. Input sent while no process
+    /// holds the terminal (between restarts) is dropped, as is what was queued for a process
+    /// that ended.
+    pub async fn send(&self, data: Bytes) {
+        let input = self
+            .console
+            .pty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| p.input.clone());
+        if let Some(input) = input {
+            // An error only means that process ended meanwhile.
+            let _ = input.send(data).await;
         }
     }
 }
@@ -120,8 +162,13 @@ impl Console {
     pub fn resize(&self, rows: u16, cols: u16) {
         let (rows, cols) = (rows.clamp(1, MAX_SIZE), cols.clamp(1, MAX_SIZE));
         *self.size.lock().unwrap_or_else(|p| p.into_inner()) = (rows, cols);
-        let input = self.input.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(master) = input.as_ref() {
+        let master = self
+            .pty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| p.master.clone());
+        if let Some(master) = master {
             let ws = libc::winsize {
                 ws_row: rows,
                 ws_col: cols,
@@ -129,7 +176,7 @@ impl Console {
                 ws_ypixel: 0,
             };
             // SAFETY: TIOCSWINSZ reads one `winsize` from a valid pointer; the fd is the
-            // PTY master this console owns (open while the lock is held).
+            // PTY master this console owns (kept open by the `Arc` held here). It never blocks.
             let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
             if r < 0 {
                 tracing::debug!(error = %std::io::Error::last_os_error(), "cannot resize the console");
@@ -198,6 +245,7 @@ pub fn spawn(
     let master: OwnedFd = pty.master;
     let slave: OwnedFd = pty.slave;
     set_cloexec(&master)?;
+    set_nonblocking(&master)?;
     let argv = crate::release::argv_for(app)?;
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -233,43 +281,90 @@ pub fn spawn(
     let child = cmd.spawn()?;
     // `cmd` (and with it the parent's copies of the slave) is dropped on return, so reading
     // the master ends (EIO) once every process of the session has closed the terminal.
-    let input = File::from(master.try_clone()?);
-    *console.input.lock().unwrap_or_else(|p| p.into_inner()) = Some(input);
-    let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
-    rx.set_nonblocking(true)?;
-    let rx = tokio::net::UnixStream::from_std(rx)?;
+    // SAFETY: an `OwnedFd`'s descriptor is open and stays the same until it is dropped, and
+    // the `AsyncFd` owns it from here on.
+    let master = Arc::new(unsafe { AsyncFd::register(master) }?);
+    let (input, queue) = mpsc::channel(INPUT_QUEUE);
+    *console.pty.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pty {
+        master: master.clone(),
+        input,
+    });
+    let (rx, tx) = tokio::net::UnixStream::pair()?;
     tokio::spawn(capture(rx, log, launch.index, Stream::Out, vec![tail]));
-    let console = console.clone();
-    std::thread::Builder::new()
-        .name("windlass-console".into())
-        .spawn(move || pump(File::from(master), tx, &console))?;
+    tokio::spawn(type_in(master.clone(), queue));
+    tokio::spawn(pump(master, tx, console.clone()));
     Ok(child)
 }
 
 /// Copies the PTY's output to the log capture, the ring and the viewers until the terminal
-/// closes.
-fn pump(mut master: File, mut to_log: std::os::unix::net::UnixStream, console: &Console) {
+/// closes; then the console has no terminal until the next process.
+async fn pump(
+    master: Arc<AsyncFd<OwnedFd>>,
+    mut to_log: tokio::net::UnixStream,
+    console: Arc<Console>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        match master.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
+        let Ok(mut ready) = master.readable().await else {
+            break;
+        };
+        match ready
+            .try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buf).map_err(std::io::Error::from))
+        {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => {
                 console.record(&buf[..n]);
                 // The capture task drains this as fast as it can; if it is gone, the log
                 // is closed and only viewers remain.
-                let _ = to_log.write_all(&buf[..n]);
+                let _ = to_log.write_all(&buf[..n]).await;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
             // EIO: every slave fd is closed (the session ended).
-            Err(_) => break,
+            Ok(Err(_)) => break,
+            Err(_would_block) => {}
         }
     }
-    *console.input.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    let mut pty = console.pty.lock().unwrap_or_else(|p| p.into_inner());
+    // A restart may have put the next process's terminal there already.
+    if pty
+        .as_ref()
+        .is_some_and(|p| Arc::ptr_eq(&p.master, &master))
+    {
+        *pty = None;
+    }
+}
+
+/// Writes queued input to the PTY as the terminal takes it, until the queue closes (the
+/// console moved on to another process) or the terminal does.
+async fn type_in(master: Arc<AsyncFd<OwnedFd>>, mut queue: mpsc::Receiver<Bytes>) {
+    while let Some(mut data) = queue.recv().await {
+        while data.has_remaining() {
+            let Ok(mut ready) = master.writable().await else {
+                return;
+            };
+            match ready
+                .try_io(|fd| nix::unistd::write(fd.get_ref(), &data).map_err(std::io::Error::from))
+            {
+                Ok(Ok(n)) => data.advance(n),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // EIO: the session ended; what is queued goes nowhere.
+                Ok(Err(_)) => return,
+                Err(_would_block) => {}
+            }
+        }
+    }
 }
 
 fn set_cloexec(fd: &OwnedFd) -> std::io::Result<()> {
     use nix::fcntl::{FcntlArg, FdFlag, fcntl};
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 

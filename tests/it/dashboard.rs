@@ -1,6 +1,7 @@
 //! The web dashboard end to end, in a real headless Chromium driven through chromedriver:
 //! it shows the example app running, asks for the token, restarts the app from its button,
-//! shows the new pid, and leaves a screenshot in `target/test-output/dashboard.png`.
+//! shows the new pid and (with the token) the log tail, leaves a screenshot in
+//! `target/test-output/dashboard.png`, and works at `localhost` too.
 
 use std::path::Path;
 
@@ -34,10 +35,11 @@ fn the_dashboard_restarts_an_app_and_shows_the_new_instance() {
         "return document.querySelector('[data-app=\"hello\"] [data-field=\"state\"]').textContent",
     );
     assert_eq!(state, "running");
-    wait_for("the log tail to show ticker lines", DEADLINE, || {
+    // Log lines need the token: the panel says so until it is given.
+    wait_for("the log panel to ask for the token", DEADLINE, || {
         b.eval("return document.getElementById('log').textContent")
             .as_str()
-            .is_some_and(|t| t.contains("tick "))
+            .is_some_and(|t| t.contains("need the admin token"))
             .then_some(())
     });
 
@@ -62,6 +64,12 @@ fn the_dashboard_restarts_an_app_and_shows_the_new_instance() {
         "the page shows the supervisor's pid"
     );
     assert_eq!(p.instance("hello", 0)["restarts"], 1);
+    wait_for("the log tail to show ticker lines", DEADLINE, || {
+        b.eval("return document.getElementById('log').textContent")
+            .as_str()
+            .is_some_and(|t| t.contains("tick "))
+            .then_some(())
+    });
 
     // Let the charts gather a few points, then keep a picture.
     wait_for("five chart samples", DEADLINE, || {
@@ -74,4 +82,12 @@ fn the_dashboard_restarts_an_app_and_shows_the_new_instance() {
     b.screenshot(&shot);
     let png = std::fs::read(&shot).expect("read the screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
+
+    // The page works by name too (the listener answers for localhost, not for other names).
+    b.goto(&format!("http://localhost:{admin}/dashboard"));
+    wait_for(
+        "the page at localhost to show hello's pid",
+        DEADLINE,
+        || (b.eval(PID_CELL).as_str() == Some(new_pid.as_str())).then_some(()),
+    );
 }

@@ -3,6 +3,7 @@
 
 mod helper;
 
+mod admin;
 mod config;
 mod contrib;
 mod control;

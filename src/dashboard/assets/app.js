@@ -72,6 +72,7 @@ function askToken() {
       if (d.returnValue === "ok") {
         token = $("#token-input").value.trim();
         sessionStorage.setItem("windlass-token", token);
+        if (wakeLogs) wakeLogs();
         resolve(true);
       } else resolve(false);
     };
@@ -408,11 +409,27 @@ function addLog(l) {
   while (pre.childNodes.length > MAX_LOG_LINES * 3) pre.removeChild(pre.firstChild);
   if ($("#log-follow").checked) pre.scrollTop = pre.scrollHeight;
 }
+// Log lines need the token (they show what the apps print): until it is given, the panel
+// says so, and the tail starts as soon as it is.
+let wakeLogs = null;
+function logNote(text) {
+  $("#log").replaceChildren(el("span", "wl", text));
+}
 async function followLogs() {
   for (;;) {
     try {
       const r = await fetch("/api/v1/logs?follow=true&n=100", { headers: headers() });
+      if (r.status === 401 || r.status === 403) {
+        let body = null;
+        try { body = await r.json(); } catch (_) { /* not JSON */ }
+        if (r.status === 401 && !token) logNote("Log lines need the admin token: press Token (top right).");
+        else logNote(`${(body && body.error) || r.status}. ${(body && body.hint) || ""}`);
+        await new Promise((res) => { wakeLogs = res; setTimeout(res, r.status === 403 ? 30000 : 3000); });
+        wakeLogs = null;
+        continue;
+      }
       if (r.ok && r.body) {
+        renderLog();
         const reader = r.body.getReader();
         const dec = new TextDecoder();
         let buf = "";
