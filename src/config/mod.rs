@@ -235,6 +235,9 @@ pub struct ProxySettings {
     pub response_timeout: Duration,
     /// A client connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
+    /// Client connections open at once; `None`: derived from the open-files limit when
+    /// the supervisor starts ([`crate::limits::connection_budget`]).
+    pub max_connections: Option<usize>,
     /// Clients whose `X-Forwarded-Proto`/`-Host` are kept.
     pub trusted_proxies: Vec<crate::proxy::IpRange>,
 }
@@ -246,6 +249,7 @@ impl Default for ProxySettings {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
+            max_connections: None,
             trusted_proxies: Vec::new(),
         }
     }

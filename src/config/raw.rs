@@ -103,6 +103,8 @@ pub struct RawProxy {
     pub connect_timeout: Option<Dur>,
     pub response_timeout: Option<Dur>,
     pub idle_timeout: Option<Dur>,
+    /// Client connections open at once (default derived from the open-files limit).
+    pub max_connections: Option<Spanned<u64>>,
     /// IP addresses or CIDR ranges, checked (with their positions) by validation.
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }

@@ -353,6 +353,25 @@ fn resolve_app(
             connect_timeout: p.connect_timeout.map_or(pd.connect_timeout, |x| x.0),
             response_timeout: p.response_timeout.map_or(pd.response_timeout, |x| x.0),
             idle_timeout: p.idle_timeout.map_or(pd.idle_timeout, |x| x.0),
+            max_connections: p.max_connections.as_ref().and_then(|m| {
+                let n = *m.get_ref();
+                match usize::try_from(n) {
+                    Ok(n) if (1..=MAX_CONNECTIONS_CAP).contains(&n) => Some(n),
+                    _ => {
+                        cx.error(
+                            Some(m.span()),
+                            format!(
+                                "`proxy.max_connections` must be between 1 and {MAX_CONNECTIONS_CAP}, not {n}"
+                            ),
+                            Some(
+                                "leave it out to derive it from the open-files limit (see docs/configuration.md)"
+                                    .into(),
+                            ),
+                        );
+                        None
+                    }
+                }
+            }),
             trusted_proxies: p
                 .trusted_proxies
                 .unwrap_or_default()
@@ -433,6 +452,9 @@ fn resolve_app(
         lisp,
     })
 }
+
+/// The largest `proxy.max_connections` (far above any open-files limit).
+const MAX_CONNECTIONS_CAP: usize = 16 * 1024 * 1024;
 
 /// Default `health.start_timeout` of a Lisp app: a cold compile is slow.
 const LISP_START_TIMEOUT: Duration = Duration::from_secs(120);

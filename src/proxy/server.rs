@@ -6,10 +6,18 @@
 //! connection to finish its current request and close, and waits for them up to
 //! `shutdown_timeout`. A connection runs either as a task of the calling runtime or, in
 //! the supervisor, on one of the proxy's [`Workers`] threads.
+//!
+//! The loop never takes more than `max_connections` client connections (`limit`): at the
+//! cap it waits, closing connections that have sent nothing yet (oldest first) to make
+//! room, and the next clients wait in the listen backlog. An accept that fails for want
+//! of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) closes such idle
+//! connections too and pauses the loop briefly instead of spinning; either is logged at
+//! most once per 10 s.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,11 +34,17 @@ use tokio::sync::{mpsc, watch};
 
 use crate::proxy::Shared;
 use crate::proxy::deadline::Stall;
+use crate::proxy::limit::Slot;
 use crate::proxy::workers::Workers;
 use crate::proxy::{fast, forward};
 
-/// Pause after an accept error such as EMFILE, so the loop does not spin.
+/// Pause after an accept error such as EMFILE, so the loop does not spin (nginx pauses
+/// 500 ms, Go's net/http 5 ms to 1 s); the connection waits in the listen backlog.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Connections that sent nothing closed at once when an accept finds no descriptor left.
+const SHED_ON_EXHAUSTION: usize = 32;
+/// At most one warning per this period about the cap or accept errors.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) async fn serve(
     shared: Arc<Shared>,
@@ -48,7 +62,25 @@ pub(crate) async fn serve(
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
 
+    let mut at_cap_log = RateLimited::new(LOG_EVERY);
+    let mut accept_error_log = RateLimited::new(LOG_EVERY);
     loop {
+        // At the cap, wait for room (closing connections that sent nothing, oldest first)
+        // rather than take a descriptor the supervisor needs for its own work.
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            () = shared.limit.room(|| {
+                if let Some(held) = at_cap_log.ready() {
+                    tracing::warn!(
+                        app = %shared.app,
+                        max_connections = shared.cfg.max_connections,
+                        held,
+                        "client connections at proxy.max_connections, all busy; new ones wait in the listen backlog"
+                    );
+                }
+            }) => {}
+        }
         let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -56,14 +88,33 @@ pub(crate) async fn serve(
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
+            Err(e) if is_per_connection_error(&e) => continue,
             Err(e) => {
-                if !is_per_connection_error(&e) {
-                    tracing::warn!(app = %shared.app, error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) or
+                // another failure: make room from idle connections, and pause instead
+                // of spinning; the connection waits in the backlog meanwhile.
+                if crate::limits::is_local_exhaustion(&e) {
+                    shared.limit.shed_waiting(SHED_ON_EXHAUSTION);
+                }
+                if let Some(held) = accept_error_log.ready() {
+                    match crate::limits::exhaustion_hint(&e) {
+                        Some(hint) => {
+                            tracing::warn!(app = %shared.app, error = %e, held, "accept failed: {hint}")
+                        }
+                        None => {
+                            tracing::warn!(app = %shared.app, error = %e, held, "accept failed")
+                        }
+                    }
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
                 }
                 continue;
             }
         };
+        let slot = Slot::take(&shared.limit);
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on client connection");
         }
@@ -76,6 +127,7 @@ pub(crate) async fn serve(
             peer,
             stop: stop_rx.clone(),
             alive: alive_tx.clone(),
+            slot,
         };
         match &workers {
             None => {
@@ -113,6 +165,8 @@ struct Connection {
     stop: watch::Receiver<bool>,
     /// Dropped when the connection ends; the shutdown waits for every clone to go.
     alive: mpsc::Sender<()>,
+    /// Its place under `max_connections`, given back when the connection ends.
+    slot: Slot,
 }
 
 impl Connection {
@@ -126,9 +180,17 @@ impl Connection {
             peer,
             mut stop,
             alive,
+            mut slot,
         } = self;
         let _alive = alive;
         let mut stream = stream;
+        if !first_bytes(&shared, &stream, &mut slot, &mut stop).await {
+            // Drop the socket before the slot, so the room it makes is real.
+            drop(stream);
+            drop(slot);
+            return;
+        }
+        let _slot = slot;
         // Plain requests are served on the raw socket; the first other request moves the
         // connection, with what was read of it, to hyper.
         let mut buf = BytesMut::with_capacity(8 * 1024);
@@ -244,6 +306,97 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// How a connection that has sent nothing yet waits for its first bytes: on the list of
+/// connections that may be closed for room at the cap
+/// ([`Limit`](crate::proxy::limit::Limit)), for at most
+/// `idle_timeout`. Returns false if the connection should close (closed for room, timed
+/// out, the client left, or the proxy stops). A connection whose request is already
+/// there (the usual case) never waits.
+async fn first_bytes(
+    shared: &Shared,
+    stream: &TcpStream,
+    slot: &mut Slot,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    match peek(stream) {
+        Peek::Data => return true,
+        Peek::Closed => return false,
+        Peek::Nothing => {}
+    }
+    let (id, mut shed) = shared.limit.wait();
+    let ready = tokio::select! {
+        r = stream.readable() => r.is_ok(),
+        _ = &mut shed => false,
+        () = stopped(stop) => false,
+        () = tokio::time::sleep(shared.cfg.idle_timeout) => false,
+    };
+    if !shared.limit.stop_waiting(id) {
+        // Taken to be closed for room (perhaps just as its bytes came): it closes.
+        slot.mark_shed();
+        return false;
+    }
+    ready
+}
+
+enum Peek {
+    Data,
+    Nothing,
+    Closed,
+}
+
+/// Whether the client has sent something, without waiting or consuming it.
+fn peek(stream: &TcpStream) -> Peek {
+    let mut byte = 0u8;
+    // SAFETY: recv into one byte we own, on a socket the stream keeps open.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        1.. => Peek::Data,
+        0 => Peek::Closed,
+        _ => match io::Error::last_os_error().kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Peek::Nothing,
+            _ => Peek::Closed,
+        },
+    }
+}
+
+/// Lets one log line through per period, counting the ones held back meanwhile.
+struct RateLimited {
+    every: Duration,
+    last: Option<tokio::time::Instant>,
+    held: u64,
+}
+
+impl RateLimited {
+    fn new(every: Duration) -> RateLimited {
+        RateLimited {
+            every,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(lines held back since the last one)` if a line may be logged now.
+    fn ready(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
     }
 }
 

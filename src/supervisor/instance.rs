@@ -181,6 +181,10 @@ struct Proc {
     captures: Vec<JoinHandle<()>>,
 }
 
+/// How soon a start that failed for windlass's own lack of descriptors or memory is tried
+/// again.
+const LOCAL_RETRY: Duration = Duration::from_secs(1);
+
 /// How long an exit waits for the app's last output to reach the log: a grandchild that
 /// keeps the pipes open must not delay the restart.
 const LAST_OUTPUT_WAIT: Duration = Duration::from_millis(500);
@@ -363,10 +367,23 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
         let mut proc = match spawn_proc(&ctx, &app, generation, &health_tx) {
             Ok(p) => p,
             Err(e) => {
-                let msg = format!("cannot start `{}`: {e}", app.argv[0]);
+                let hint = crate::limits::exhaustion_hint(&e);
+                let msg = match hint {
+                    Some(hint) => format!("cannot start `{}`: {e}; {hint}", app.argv[0]),
+                    None => format!("cannot start `{}`: {e}", app.argv[0]),
+                };
                 ctx.note(&msg);
                 ctx.set(|s| s.message = Some(msg.clone()));
-                let decision = backoff.on_exit(&app.backoff, app.restart, false, Duration::ZERO);
+                // Out of descriptors or memory is windlass's trouble, not the app's: try
+                // again soon, with no crash-loop escalation.
+                let decision = if hint.is_some() {
+                    Decision::Restart {
+                        delay: LOCAL_RETRY,
+                        crashloop: false,
+                    }
+                } else {
+                    backoff.on_exit(&app.backoff, app.restart, false, Duration::ZERO)
+                };
                 ack_all(&mut acks, Err(msg));
                 match after_exit(&ctx, &mut rx, decision, &mut want, &mut backoff).await {
                     Flow::Continue => continue,
@@ -536,7 +553,12 @@ async fn blue_green(
     *generation += 1;
     let mut new = match spawn_proc(ctx, &app, *generation, health_tx) {
         Ok(p) => p,
-        Err(e) => return Err(format!("cannot start `{}`: {e}", app.argv[0])),
+        Err(e) => {
+            return Err(match crate::limits::exhaustion_hint(&e) {
+                Some(hint) => format!("cannot start `{}`: {e}; {hint}", app.argv[0]),
+                None => format!("cannot start `{}`: {e}", app.argv[0]),
+            });
+        }
     };
     let t0 = Instant::now();
     ctx.note(&format!(

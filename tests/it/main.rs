@@ -8,6 +8,7 @@ mod contrib;
 mod control;
 mod dashboard;
 mod docs;
+mod flood;
 mod init;
 mod lisp;
 mod lisp_module;
