@@ -50,6 +50,15 @@ pub enum HealthError {
 }
 
 impl HealthError {
+    /// The error with its cause (`cannot connect to ADDR: Too many open files`).
+    pub fn detail(&self) -> String {
+        match self {
+            HealthError::Connect { source, .. } => format!("{self}: {source}"),
+            HealthError::Http { source, .. } => format!("{self}: {source}"),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether the check could not run because windlass itself is out of descriptors,
     /// buffers, memory or local ports (EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL on
     /// its own socket): that says nothing about the app, so it never counts against it.
@@ -75,10 +84,7 @@ fn note_local(addr: SocketAddr, e: &HealthError, last: &mut Option<Instant>, hel
         return;
     }
     *last = Some(Instant::now());
-    let why = match e {
-        HealthError::Connect { source, .. } => source.to_string(),
-        other => other.to_string(),
-    };
+    let why = e.detail();
     tracing::warn!(
         %addr,
         held = std::mem::take(held),
@@ -206,20 +212,18 @@ impl HealthCheck {
 
     /// Polls every `initial_interval` until a check passes (returns how long it took)
     /// or `start_timeout` has passed (returns the last failure). Checks that could not run
-    /// for windlass's own lack of resources ([`HealthError::is_local`]) fail nothing: past
-    /// the deadline, polling goes on until a check runs.
+    /// for windlass's own lack of resources ([`HealthError::is_local`]) are logged
+    /// (rate-limited); if the last one was such a check, the caller should not hold it
+    /// against the app (the supervisor keeps the process and checks again).
     pub async fn wait_healthy(&self, start_timeout: Duration) -> Result<Duration, StartError> {
         let start = Instant::now();
         let deadline = start + start_timeout;
         let (mut logged, mut held) = (None, 0);
         loop {
             let attempt = Instant::now();
-            let budget = if attempt < deadline {
-                self.timeout
-                    .min(deadline.saturating_duration_since(attempt))
-            } else {
-                self.timeout
-            };
+            let budget = self
+                .timeout
+                .min(deadline.saturating_duration_since(attempt));
             let result = probe(self.addr, self.path.as_deref(), budget).await;
             let last = match result {
                 Ok(()) => return Ok(start.elapsed()),
@@ -241,7 +245,8 @@ impl HealthCheck {
             let next = attempt + period;
             if last.is_local() {
                 note_local(self.addr, &last, &mut logged, &mut held);
-            } else if next >= deadline {
+            }
+            if next >= deadline {
                 return Err(StartError {
                     after: start.elapsed(),
                     last,
