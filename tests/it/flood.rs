@@ -238,6 +238,19 @@ fn an_idle_flood_above_the_soft_limit_leaves_the_app_serving() {
     assert_eq!(inst["restarts"], 0, "{inst}");
     assert_eq!(inst["pid"].as_i64(), Some(pid), "{inst}");
     assert_eq!(quick_get(port), Some(200));
+    // The control socket and app starts keep their descriptors: a restart under the
+    // flood is prompt (on main it hung until the flood ended).
+    let out = run_within(p.cmd(&["restart", "hello"]), Duration::from_secs(30))
+        .expect("`windlass restart` answers during the flood");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inst = p.instance("hello", 0);
+    assert_ne!(inst["pid"].as_i64(), Some(pid), "restarted: {inst}");
+    assert_eq!(inst["state"], "running", "{inst}");
+    assert_eq!(quick_get(port), Some(200));
     drop(socks);
     assert!(
         !sup.stderr().contains("Too many open files"),
