@@ -183,14 +183,16 @@ impl Connection {
             mut slot,
         } = self;
         let _alive = alive;
-        let mut stream = stream;
         if !first_bytes(&shared, &stream, &mut slot, &mut stop).await {
             // Drop the socket before the slot, so the room it makes is real.
             drop(stream);
             drop(slot);
             return;
         }
+        // Declared before the stream, so dropped after it: the slot is given back once
+        // the descriptor is closed.
         let _slot = slot;
+        let mut stream = stream;
         // Plain requests are served on the raw socket; the first other request moves the
         // connection, with what was read of it, to hyper.
         let mut buf = BytesMut::with_capacity(8 * 1024);
