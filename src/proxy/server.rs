@@ -9,7 +9,9 @@
 //!
 //! The loop never takes more than `max_connections` client connections (`limit`): at the
 //! cap it waits, closing connections that have sent nothing yet (oldest first) to make
-//! room, and the next clients wait in the listen backlog. An accept that fails for want
+//! room, and the next clients wait in the listen backlog. A connection that has sent
+//! nothing yet waits for its first bytes on the accept loop's runtime and reaches a
+//! worker only then, so idle connections cost the workers nothing. An accept that fails for want
 //! of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) closes such idle
 //! connections too and pauses the loop briefly instead of spinning; either is logged at
 //! most once per 10 s.
@@ -28,7 +30,7 @@ use http::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -131,17 +133,34 @@ pub(crate) async fn serve(
         };
         match &workers {
             None => {
-                tokio::spawn(conn.run(stream));
-            }
-            Some(workers) => match stream.into_std() {
-                // Registered again with the worker's own reactor, on the worker.
-                Ok(stream) => workers.spawn_connection(move || async move {
-                    match TcpStream::from_std(stream) {
-                        Ok(stream) => conn.run(stream).await,
-                        Err(e) => tracing::warn!(error = %e, "cannot hand a client connection to a proxy worker"),
+                tokio::spawn(async move {
+                    let mut conn = conn;
+                    if conn.first_bytes(&stream).await {
+                        conn.serve(stream).await;
+                    } else {
+                        drop(stream);
+                        drop(conn);
                     }
-                }),
-                Err(e) => tracing::warn!(error = %e, "cannot hand a client connection to a proxy worker"),
+                });
+            }
+            // A connection that has sent nothing yet waits for its first bytes here, on
+            // the accept loop's runtime, and goes to a worker only then: connections
+            // that stay idle (an idle flood) never cost the workers serving requests.
+            Some(workers) => match peek(&stream) {
+                Peek::Data => hand_over(workers, conn, stream),
+                Peek::Closed => {}
+                Peek::Nothing => {
+                    let workers = workers.clone();
+                    tokio::spawn(async move {
+                        let mut conn = conn;
+                        if conn.first_bytes(&stream).await {
+                            hand_over(&workers, conn, stream);
+                        } else {
+                            drop(stream);
+                            drop(conn);
+                        }
+                    });
+                }
             },
         }
     }
@@ -169,10 +188,32 @@ struct Connection {
     slot: Slot,
 }
 
+/// Runs the connection on the least-loaded worker, registered with that worker's reactor.
+fn hand_over(workers: &Workers, conn: Connection, stream: TcpStream) {
+    match stream.into_std() {
+        Ok(stream) => workers.spawn_connection(move || async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => conn.serve(stream).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hand a client connection to a proxy worker")
+                }
+            }
+        }),
+        Err(e) => tracing::warn!(error = %e, "cannot hand a client connection to a proxy worker"),
+    }
+}
+
 impl Connection {
-    /// Serves the connection until the client closes it or the proxy stops (then the
-    /// current request finishes first).
-    async fn run(self, stream: TcpStream) {
+    /// Waits until the client has sent something (at once if it has); false if the
+    /// connection should close instead (see [`first_bytes`]). The caller drops the
+    /// stream, then the connection, so its slot is given back after the socket closes.
+    async fn first_bytes(&mut self, stream: &TcpStream) -> bool {
+        first_bytes(&self.shared, stream, &mut self.slot, &mut self.stop).await
+    }
+
+    /// Serves the connection, whose first bytes have come, until the client closes it or
+    /// the proxy stops (then the current request finishes first).
+    async fn serve(self, stream: TcpStream) {
         let Connection {
             shared,
             builder,
@@ -180,15 +221,9 @@ impl Connection {
             peer,
             mut stop,
             alive,
-            mut slot,
+            slot,
         } = self;
         let _alive = alive;
-        if !first_bytes(&shared, &stream, &mut slot, &mut stop).await {
-            // Drop the socket before the slot, so the room it makes is real.
-            drop(stream);
-            drop(slot);
-            return;
-        }
         // Declared before the stream, so dropped after it: the slot is given back once
         // the descriptor is closed.
         let _slot = slot;
@@ -329,11 +364,26 @@ async fn first_bytes(
         Peek::Nothing => {}
     }
     let (id, mut shed) = shared.limit.wait();
-    let ready = tokio::select! {
-        r = stream.readable() => r.is_ok(),
-        _ = &mut shed => false,
-        () = stopped(stop) => false,
-        () = tokio::time::sleep(shared.cfg.idle_timeout) => false,
+    let deadline = tokio::time::sleep(shared.cfg.idle_timeout);
+    tokio::pin!(deadline);
+    let ready = loop {
+        tokio::select! {
+            r = stream.readable() => {
+                if r.is_err() {
+                    break false;
+                }
+                // Readiness can be spurious: only bytes count (a wrong guess is cleared).
+                match stream.try_io(Interest::READABLE, || peek_raw(stream)) {
+                    Ok(0) => break false,
+                    Ok(_) => break true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => break false,
+                }
+            }
+            _ = &mut shed => break false,
+            () = stopped(stop) => break false,
+            () = &mut deadline => break false,
+        }
     };
     if !shared.limit.stop_waiting(id) {
         // Taken to be closed for room (perhaps just as its bytes came): it closes.
@@ -351,6 +401,23 @@ enum Peek {
 
 /// Whether the client has sent something, without waiting or consuming it.
 fn peek(stream: &TcpStream) -> Peek {
+    match peek_raw(stream) {
+        Ok(1..) => Peek::Data,
+        Ok(0) => Peek::Closed,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Peek::Nothing
+        }
+        Err(_) => Peek::Closed,
+    }
+}
+
+/// `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte: how many bytes are there (0 at EOF).
+fn peek_raw(stream: &TcpStream) -> io::Result<usize> {
     let mut byte = 0u8;
     // SAFETY: recv into one byte we own, on a socket the stream keeps open.
     let n = unsafe {
@@ -361,14 +428,7 @@ fn peek(stream: &TcpStream) -> Peek {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
-    match n {
-        1.. => Peek::Data,
-        0 => Peek::Closed,
-        _ => match io::Error::last_os_error().kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Peek::Nothing,
-            _ => Peek::Closed,
-        },
-    }
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// Lets one log line through per period, counting the ones held back meanwhile.

@@ -115,17 +115,19 @@ fn flood(port: u16, n: usize) -> Vec<TcpStream> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut socks = Vec::with_capacity(n);
     let mut failures = 0;
-    let mut pacing = true;
+    let mut stuck = 0;
     while socks.len() < n && failures < 20 {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        // A SYN dropped by a full backlog is sent again after 1 s: 2 s tolerates one.
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(s) => socks.push(s),
             Err(_) => failures += 1,
         }
-        if pacing && socks.len() % 64 == 0 {
-            // Once the queue no longer drains, the server stopped accepting: no more pacing.
-            pacing = within(Duration::from_secs(5), || {
+        if stuck < 2 && socks.len() % 64 == 0 {
+            // Once the queue no longer drains, the server stopped accepting: stop pacing.
+            let drained = within(Duration::from_secs(10), || {
                 listen_queue(port).is_some_and(|q| q <= 16)
             });
+            stuck = if drained { 0 } else { stuck + 1 };
         }
     }
     socks
