@@ -1,6 +1,9 @@
 //! The long-running side of `windlass up`: the project lock, the pid file, the control socket,
 //! signal handling and the orderly shutdown that leaves no app process behind.
 //!
+//! At start the supervisor raises its open-files soft limit to the hard limit
+//! ([`crate::limits`]); the apps get the limit it was started with.
+//!
 //! One supervisor per project: an exclusive `flock` on `.windlass/lock` (released by the kernel
 //! however windlass dies, so a stale pid file never blocks a restart) guards the socket and the
 //! pid file. Ctrl-C, SIGTERM, SIGHUP or `POST /v1/down` stop every app gracefully; a second
@@ -154,6 +157,18 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let paths = Paths::of(&config);
     let _lock = lock(&paths)?;
+    // Every client connection is a descriptor: take what the hard limit allows (the apps
+    // keep the limit windlass was started with).
+    match crate::limits::raise() {
+        Ok(r) if r.soft != r.original => tracing::info!(
+            from = r.original,
+            to = r.soft,
+            "open-files limit raised to the hard limit; apps keep {}",
+            r.original
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit; keeping it"),
+    }
     // Public ports are bound first (before the control socket announces a running supervisor,
     // and before any app starts), and stay bound across restarts and reloads.
     let mut listeners = Vec::new();

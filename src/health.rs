@@ -6,7 +6,10 @@
 //! the first success or a start deadline, so a new instance enters rotation within
 //! ~20 ms of listening; [`HealthCheck::watch`] then checks periodically and returns
 //! once `unhealthy_threshold` checks in a row have failed. Both are plain futures:
-//! drop them to stop checking.
+//! drop them to stop checking. A check that cannot even open its socket because windlass
+//! is out of descriptors ([`HealthError::is_local`]) is logged, rate-limited, and never
+//! counts against the app: an idle-connection flood on the public port must not get a
+//! healthy app stopped.
 
 use std::io;
 use std::net::SocketAddr;
@@ -44,6 +47,49 @@ pub enum HealthError {
     },
     #[error("invalid health check path {path:?} (it must look like /health)")]
     InvalidPath { path: String },
+}
+
+impl HealthError {
+    /// The error with its cause (`cannot connect to ADDR: Too many open files`).
+    pub fn detail(&self) -> String {
+        match self {
+            HealthError::Connect { source, .. } => format!("{self}: {source}"),
+            HealthError::Http { source, .. } => format!("{self}: {source}"),
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether the check could not run because windlass itself is out of descriptors,
+    /// buffers, memory or local ports (EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL on
+    /// its own socket): that says nothing about the app, so it never counts against it.
+    pub fn is_local(&self) -> bool {
+        match self {
+            HealthError::Connect { source, .. } => {
+                crate::limits::is_local_exhaustion(source)
+                    || source.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How often a check that cannot run for windlass's own lack of resources is logged.
+const LOCAL_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Logs a check that could not run ([`HealthError::is_local`]), at most once per
+/// [`LOCAL_LOG_EVERY`].
+fn note_local(addr: SocketAddr, e: &HealthError, last: &mut Option<Instant>, held: &mut u64) {
+    if last.is_some_and(|t| t.elapsed() < LOCAL_LOG_EVERY) {
+        *held += 1;
+        return;
+    }
+    *last = Some(Instant::now());
+    let why = e.detail();
+    tracing::warn!(
+        %addr,
+        held = std::mem::take(held),
+        "health check could not run: windlass is out of resources ({why}); not counted against the app"
+    );
 }
 
 /// One health check of the instance at `addr`, bounded by `timeout`: `GET path` (2xx and
@@ -165,10 +211,14 @@ impl HealthCheck {
     }
 
     /// Polls every `initial_interval` until a check passes (returns how long it took)
-    /// or `start_timeout` has passed (returns the last failure).
+    /// or `start_timeout` has passed (returns the last failure). Checks that could not run
+    /// for windlass's own lack of resources ([`HealthError::is_local`]) are logged
+    /// (rate-limited); if the last one was such a check, the caller should not hold it
+    /// against the app (the supervisor keeps the process and checks again).
     pub async fn wait_healthy(&self, start_timeout: Duration) -> Result<Duration, StartError> {
         let start = Instant::now();
         let deadline = start + start_timeout;
+        let (mut logged, mut held) = (None, 0);
         loop {
             let attempt = Instant::now();
             let budget = self
@@ -193,6 +243,9 @@ impl HealthCheck {
                 self.initial_interval.max(SLOW_POLL)
             };
             let next = attempt + period;
+            if last.is_local() {
+                note_local(self.addr, &last, &mut logged, &mut held);
+            }
             if next >= deadline {
                 return Err(StartError {
                     after: start.elapsed(),
@@ -204,9 +257,12 @@ impl HealthCheck {
     }
 
     /// Checks every `interval`; returns the last failure once `unhealthy_threshold`
-    /// checks in a row have failed. Runs forever while the instance stays healthy.
+    /// checks in a row have failed. Runs forever while the instance stays healthy. A check
+    /// that could not run for windlass's own lack of resources ([`HealthError::is_local`])
+    /// is logged (rate-limited) and counts neither way.
     pub async fn watch(&self) -> HealthError {
         let mut failures = 0;
+        let (mut logged, mut held) = (None, 0);
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate; the instance was just found healthy.
@@ -215,6 +271,7 @@ impl HealthCheck {
             ticks.tick().await;
             match self.probe().await {
                 Ok(()) => failures = 0,
+                Err(e) if e.is_local() => note_local(self.addr, &e, &mut logged, &mut held),
                 Err(e) => {
                     failures += 1;
                     tracing::debug!(addr = %self.addr, failures, error = %e, "health check failed");
@@ -272,6 +329,29 @@ mod tests {
             .await
             .expect_err("silent");
         assert!(matches!(e, HealthError::Timeout { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn only_windlass_running_out_of_resources_is_local() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 9).into();
+        let connect = |errno| HealthError::Connect {
+            addr,
+            source: io::Error::from_raw_os_error(errno),
+        };
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::EADDRNOTAVAIL,
+        ] {
+            assert!(connect(errno).is_local(), "{errno}");
+        }
+        assert!(!connect(libc::ECONNREFUSED).is_local());
+        let timeout = HealthError::Timeout {
+            addr,
+            after: Duration::from_secs(1),
+        };
+        assert!(!timeout.is_local());
     }
 
     #[tokio::test]

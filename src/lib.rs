@@ -7,7 +7,8 @@
 //! detection, launcher, executables, swank), [`release`] (built releases), [`proxy`] (the
 //! reverse proxy) and [`health`] (its checks), [`cli`] (one file per verb), and [`protocol`]
 //! (wire types shared by the control server and its clients); [`init`] detects projects for
-//! `windlass init` and [`ports`] finds who holds a port.
+//! `windlass init`, [`ports`] finds who holds a port and [`limits`] handles the open-files
+//! limit.
 
 pub mod admin;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod daemon;
 pub mod dashboard;
 pub mod health;
 pub mod init;
+pub mod limits;
 pub mod lisp;
 pub mod logs;
 pub mod metrics;

@@ -239,6 +239,9 @@ pub struct ProxySettings {
     pub header_timeout: Duration,
     /// A request body that sends nothing for this long ends the exchange (then 408).
     pub body_timeout: Duration,
+    /// Client connections open at once; `None`: derived from the open-files limit when
+    /// the supervisor starts ([`crate::limits::connection_budget`]).
+    pub max_connections: Option<usize>,
     /// Clients whose forwarding headers are kept.
     pub trusted_proxies: Vec<crate::proxy::IpRange>,
 }
@@ -252,6 +255,7 @@ impl Default for ProxySettings {
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
+            max_connections: None,
             trusted_proxies: Vec::new(),
         }
     }

@@ -115,6 +115,8 @@ pub struct RawProxy {
     pub idle_timeout: Option<Dur<DAY>>,
     pub header_timeout: Option<Dur<HOUR>>,
     pub body_timeout: Option<Dur<DAY>>,
+    /// Client connections open at once (default derived from the open-files limit).
+    pub max_connections: Option<Spanned<u64>>,
     /// IP addresses or CIDR ranges, checked (with their positions) by validation.
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }

@@ -360,6 +360,25 @@ fn resolve_app(
             idle_timeout: p.idle_timeout.map_or(pd.idle_timeout, |x| x.0),
             header_timeout: p.header_timeout.map_or(pd.header_timeout, |x| x.0),
             body_timeout: p.body_timeout.map_or(pd.body_timeout, |x| x.0),
+            max_connections: p.max_connections.as_ref().and_then(|m| {
+                let n = *m.get_ref();
+                match usize::try_from(n) {
+                    Ok(n) if (1..=MAX_CONNECTIONS_CAP).contains(&n) => Some(n),
+                    _ => {
+                        cx.error(
+                            Some(m.span()),
+                            format!(
+                                "`proxy.max_connections` must be between 1 and {MAX_CONNECTIONS_CAP}, not {n}"
+                            ),
+                            Some(
+                                "leave it out to derive it from the open-files limit (see docs/configuration.md)"
+                                    .into(),
+                            ),
+                        );
+                        None
+                    }
+                }
+            }),
             trusted_proxies: p
                 .trusted_proxies
                 .unwrap_or_default()
@@ -440,6 +459,9 @@ fn resolve_app(
         lisp,
     })
 }
+
+/// The largest `proxy.max_connections` (far above any open-files limit).
+const MAX_CONNECTIONS_CAP: usize = 16 * 1024 * 1024;
 
 /// Default `health.start_timeout` of a Lisp app: a cold compile is slow.
 const LISP_START_TIMEOUT: Duration = Duration::from_secs(120);

@@ -9,6 +9,8 @@
 //! `windlass_proxy_requests_total{code="1xx".."5xx"}`, `windlass_proxy_request_duration_seconds`
 //! (histogram, request head received to response done), `windlass_proxy_requests_in_flight`,
 //! `windlass_proxy_upstream_errors_total{cause}`, `windlass_proxy_upgraded_connections`,
+//! `windlass_proxy_client_connections`, `windlass_proxy_max_connections`,
+//! `windlass_proxy_idle_connections_closed_total`,
 //! `windlass_app_reloads_total{result="success"|"failure"}`,
 //! `windlass_app_health_check_failures_total`.
 
@@ -54,9 +56,14 @@ impl Collector for ProxyCollector {
         let mut reloads: Vec<(Labels, u64)> = Vec::new();
         let mut health: Vec<(Labels, u64)> = Vec::new();
         let mut latency = Vec::new();
+        let (mut conns, mut conns_max, mut shed) = (Vec::new(), Vec::new(), Vec::new());
         for (app, _, proxy) in self.supervisor.proxies() {
             let m = proxy.metrics();
             let a = || vec![("app", app.clone())];
+            let cs = proxy.connections();
+            conns.push((a(), cs.open as u64));
+            conns_max.push((a(), cs.max as u64));
+            shed.push((a(), cs.shed));
             for (class, n) in CODE_CLASSES.iter().zip(m.requests_by_class) {
                 requests.push((vec![("app", app.clone()), ("code", (*class).to_owned())], n));
             }
@@ -110,6 +117,27 @@ impl Collector for ProxyCollector {
             "Requests being handled by the proxy now, by app",
             g,
             &in_flight,
+        )?;
+        family(
+            &mut enc,
+            "windlass_proxy_client_connections",
+            "Client connections open now, by app",
+            g,
+            &conns,
+        )?;
+        family(
+            &mut enc,
+            "windlass_proxy_max_connections",
+            "The cap on open client connections (proxy.max_connections), by app",
+            g,
+            &conns_max,
+        )?;
+        family(
+            &mut enc,
+            "windlass_proxy_idle_connections_closed",
+            "Client connections that had sent nothing, closed at the cap to make room, by app",
+            c,
+            &shed,
         )?;
         family(
             &mut enc,

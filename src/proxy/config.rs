@@ -33,6 +33,11 @@ pub struct ProxyConfig {
     /// On shutdown, how long `serve` waits for open client connections to finish
     /// (default 10 s).
     pub shutdown_timeout: Duration,
+    /// Client connections open at once; at the cap the proxy stops accepting (the kernel
+    /// keeps the next ones in the listen backlog) and closes the oldest connections that
+    /// have sent nothing yet to make room. Default: derived from the open-files limit
+    /// ([`crate::limits::connection_budget`] for one app).
+    pub max_connections: usize,
     /// Clients whose forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) are
     /// passed on rather than removed: the proxies in front of windlass (a TLS terminator,
     /// a load balancer). Empty by default: a client could claim anything.
@@ -116,6 +121,11 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(4),
             pool_max_idle: 256,
             shutdown_timeout: Duration::from_secs(10),
+            max_connections: crate::limits::connection_budget(
+                crate::limits::current().map_or(1024, |(soft, _)| soft),
+                1,
+                1,
+            ),
             trusted_proxies: Vec::new(),
         }
     }

@@ -10,8 +10,9 @@
 //! `balancer` (the pick rule), `backend` (one instance and its counters), `pool`
 //! (upstream connections), `hold` (waiting for a ready instance), `deadline` (cheap
 //! timeouts), `fast` (the plain-request path), `forward` (every other request),
-//! `headers`, `body`, `tunnel` (upgrades), `drain`, `server` (accept loop), `workers`
-//! (the proxy's own threads), `metrics`, `error`, `config`.
+//! `headers`, `body`, `tunnel` (upgrades), `drain`, `server` (accept loop), `limit`
+//! (the cap on open client connections), `workers` (the proxy's own threads), `metrics`,
+//! `error`, `config`.
 
 mod backend;
 mod balancer;
@@ -24,6 +25,7 @@ mod fast;
 mod forward;
 mod headers;
 mod hold;
+mod limit;
 mod metrics;
 mod pool;
 mod router;
@@ -42,11 +44,13 @@ pub use crate::proxy::backend::BackendId;
 pub use crate::proxy::config::{IpRange, ProxyConfig};
 pub use crate::proxy::drain::DrainReport;
 pub use crate::proxy::error::{Fault, ProxyError};
+pub use crate::proxy::limit::ConnectionStats;
 pub use crate::proxy::metrics::{
     BackendStatus, LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, UpstreamCause, UpstreamErrors,
 };
 pub use crate::proxy::workers::Workers;
 
+use crate::proxy::limit::Limit;
 use crate::proxy::metrics::Metrics;
 use crate::proxy::router::Router;
 
@@ -59,6 +63,8 @@ pub(crate) struct Shared {
     /// Where failed requests are reported for the app's log ([`AppProxy::set_notes`]).
     pub(crate) notes: std::sync::OnceLock<Notes>,
     pub(crate) note_budget: crate::proxy::error::NoteBudget,
+    /// The open client connections and their cap (`max_connections`).
+    pub(crate) limit: Arc<Limit>,
 }
 
 /// Writes one line into the app's log (stream `windlass`).
@@ -82,6 +88,7 @@ impl AppProxy {
     /// A proxy for `app` with no instance yet (requests are held until one is ready).
     pub fn new(app: &str, cfg: ProxyConfig) -> AppProxy {
         let router = Router::new(cfg.pool_max_idle, cfg.pool_idle_timeout);
+        let limit = Arc::new(Limit::new(cfg.max_connections));
         AppProxy {
             shared: Arc::new(Shared {
                 app: app.into(),
@@ -90,6 +97,7 @@ impl AppProxy {
                 metrics: Metrics::default(),
                 notes: std::sync::OnceLock::new(),
                 note_budget: crate::proxy::error::NoteBudget::new(),
+                limit,
             }),
         }
     }
@@ -167,6 +175,11 @@ impl AppProxy {
     /// The registered instances and their load.
     pub fn backends(&self) -> Vec<BackendStatus> {
         self.shared.router.status()
+    }
+
+    /// The open client connections, their cap and how many idle ones were closed for room.
+    pub fn connections(&self) -> ConnectionStats {
+        self.shared.limit.stats()
     }
 
     /// A snapshot of this app's proxy metrics (including [`backends`](Self::backends)).

@@ -262,6 +262,8 @@ pub fn spawn(
     if let Some(port) = launch.port {
         cmd.env(&app.port_env, port.to_string());
     }
+    // The app gets the open-files limit windlass was started with, not the raised one.
+    crate::limits::restore_in_child(&mut cmd);
     let guardian_fd = launch.guardian_fd;
     // SAFETY: the hook only calls async-signal-safe functions (setsid, ioctl, getpid, write).
     unsafe {

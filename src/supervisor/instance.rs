@@ -161,6 +161,9 @@ enum Health {
     Ready(u64, Duration),
     StartFailed(u64, String),
     Unhealthy(u64, String),
+    /// The start deadline passed while windlass itself could not run the checks (out of
+    /// descriptors; the cause): the process is kept and checked again.
+    Unverified(u64, String),
 }
 
 /// One running process of the instance.
@@ -180,6 +183,10 @@ struct Proc {
     /// The tasks copying its stdout and stderr to the log.
     captures: Vec<JoinHandle<()>>,
 }
+
+/// How soon a start that failed for windlass's own lack of descriptors or memory is tried
+/// again.
+const LOCAL_RETRY: Duration = Duration::from_secs(1);
 
 /// How long an exit waits for the app's last output to reach the log: a grandchild that
 /// keeps the pipes open must not delay the restart.
@@ -280,16 +287,31 @@ fn spawn_proc(
         let start_timeout = app.health.start_timeout;
         let tx = health_tx.clone();
         health = Some(tokio::spawn(async move {
-            match check.wait_healthy(start_timeout).await {
-                Ok(took) => {
-                    let _ = tx.send(Health::Ready(generation, took)).await;
-                    let e = check.watch().await;
-                    let _ = tx.send(Health::Unhealthy(generation, e.to_string())).await;
-                }
-                Err(e) => {
-                    let _ = tx
-                        .send(Health::StartFailed(generation, format!("{e}: {}", e.last)))
-                        .await;
+            let mut told = false;
+            loop {
+                match check.wait_healthy(start_timeout).await {
+                    Ok(took) => {
+                        let _ = tx.send(Health::Ready(generation, took)).await;
+                        let e = check.watch().await;
+                        let _ = tx.send(Health::Unhealthy(generation, e.to_string())).await;
+                        return;
+                    }
+                    // windlass could not even open the check's socket: not the app's
+                    // fault. Say so once (whoever waits for the start gets an answer),
+                    // keep the process and check again.
+                    Err(e) if e.last.is_local() => {
+                        if !told {
+                            told = true;
+                            let cause = e.last.detail();
+                            let _ = tx.send(Health::Unverified(generation, cause)).await;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Health::StartFailed(generation, format!("{e}: {}", e.last)))
+                            .await;
+                        return;
+                    }
                 }
             }
         }));
@@ -363,10 +385,23 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
         let mut proc = match spawn_proc(&ctx, &app, generation, &health_tx) {
             Ok(p) => p,
             Err(e) => {
-                let msg = format!("cannot start `{}`: {e}", app.argv[0]);
+                let hint = crate::limits::exhaustion_hint(&e);
+                let msg = match hint {
+                    Some(hint) => format!("cannot start `{}`: {e}; {hint}", app.argv[0]),
+                    None => format!("cannot start `{}`: {e}", app.argv[0]),
+                };
                 ctx.note(&msg);
                 ctx.set(|s| s.message = Some(msg.clone()));
-                let decision = backoff.on_exit(&app.backoff, app.restart, false, Duration::ZERO);
+                // Out of descriptors or memory is windlass's trouble, not the app's: try
+                // again soon, with no crash-loop escalation.
+                let decision = if hint.is_some() {
+                    Decision::Restart {
+                        delay: LOCAL_RETRY,
+                        crashloop: false,
+                    }
+                } else {
+                    backoff.on_exit(&app.backoff, app.restart, false, Duration::ZERO)
+                };
                 ack_all(&mut acks, Err(msg));
                 match after_exit(&ctx, &mut rx, decision, &mut want, &mut backoff).await {
                     Flow::Continue => continue,
@@ -416,6 +451,14 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
                         process::signal_group(proc.pgid, nix::sys::signal::Signal::SIGKILL);
                         let s = proc.child.wait().await;
                         break Ended::Exited(s, Some(msg));
+                    }
+                    Health::Unverified(g, cause) if g == proc.generation => {
+                        let msg = format!(
+                            "not verified healthy within {}: windlass could not run the health check ({cause}); the process is kept and checked again",
+                            human(app.health.start_timeout)
+                        );
+                        ctx.note(&msg);
+                        ack_all(&mut acks, Err(msg));
                     }
                     Health::Unhealthy(g, e) if g == proc.generation => {
                         ctx.counters.health_check_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -536,7 +579,12 @@ async fn blue_green(
     *generation += 1;
     let mut new = match spawn_proc(ctx, &app, *generation, health_tx) {
         Ok(p) => p,
-        Err(e) => return Err(format!("cannot start `{}`: {e}", app.argv[0])),
+        Err(e) => {
+            return Err(match crate::limits::exhaustion_hint(&e) {
+                Some(hint) => format!("cannot start `{}`: {e}; {hint}", app.argv[0]),
+                None => format!("cannot start `{}`: {e}", app.argv[0]),
+            });
+        }
     };
     let t0 = Instant::now();
     ctx.note(&format!(
@@ -580,6 +628,8 @@ async fn blue_green(
                     return Ok(msg);
                 }
                 Some(Health::StartFailed(g, e)) if g == new.generation => break format!("the new process did not become healthy: {e}"),
+                // Traffic never goes to a process nobody could check.
+                Some(Health::Unverified(g, e)) if g == new.generation => break format!("windlass could not run the new process's health check ({e})"),
                 Some(Health::Unhealthy(g, e)) if g == proc.generation => {
                     // The old one is failing meanwhile: take it out; the new one will take over.
                     if let Some(b) = proc.backend { proxy.set_ready(b, false); }

@@ -179,6 +179,7 @@ impl Supervisor {
             }
             None => Arc::new(|_| {}),
         };
+        let budget = connection_budget(&config);
         let mut apps = Vec::new();
         for app in &config.apps {
             let autostart = if opts.only.is_empty() {
@@ -189,7 +190,7 @@ impl Supervisor {
             let log = Arc::new(AppLog::new(&log_dir, &app.name, app.logs, tap.clone()));
             let shared_cfg = Arc::new(RwLock::new(Arc::new(app.clone())));
             let proxy = app.port.map(|_| {
-                let proxy = AppProxy::new(&app.name, proxy_config(app));
+                let proxy = AppProxy::new(&app.name, proxy_config(app, budget));
                 // Failed requests are told in the app's log, with their request id.
                 let log = log.clone();
                 proxy.set_notes(Arc::new(move |line: &str| log.note(None, line)));
@@ -652,9 +653,31 @@ fn strategy_name(s: ReloadStrategy) -> &'static str {
     }
 }
 
-/// The proxy settings of an app, from its config.
-fn proxy_config(app: &AppConfig) -> ProxyConfig {
+/// The default `proxy.max_connections` of each app with a port, from the open-files limit
+/// now (after [`crate::limits::raise`]); warns about an explicit value above it.
+fn connection_budget(config: &Config) -> usize {
+    let nofile = crate::limits::current().map_or(1024, |(soft, _)| soft);
+    let proxied = config.apps.iter().filter(|a| a.port.is_some()).count();
+    let instances = config.apps.iter().map(|a| a.instances as usize).sum();
+    let budget = crate::limits::connection_budget(nofile, proxied, instances);
+    for app in config.apps.iter().filter(|a| a.port.is_some()) {
+        if let Some(max) = app.proxy.max_connections.filter(|m| *m > budget) {
+            tracing::warn!(
+                app = %app.name,
+                max_connections = max,
+                open_files_limit = nofile,
+                "proxy.max_connections is above what the open-files limit leaves for this app (~{budget}); windlass may run out of file descriptors: raise the limit (LimitNOFILE= in the systemd unit) or lower proxy.max_connections"
+            );
+        }
+    }
+    budget
+}
+
+/// The proxy settings of an app, from its config; `budget` is the default cap on its
+/// client connections.
+fn proxy_config(app: &AppConfig, budget: usize) -> ProxyConfig {
     ProxyConfig {
+        max_connections: app.proxy.max_connections.unwrap_or(budget),
         hold: app.proxy.hold,
         connect_timeout: app.proxy.connect_timeout,
         response_timeout: app.proxy.response_timeout,

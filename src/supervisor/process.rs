@@ -45,6 +45,8 @@ pub fn spawn(app: &AppConfig, launch: &Launch) -> std::io::Result<Child> {
     if let Some(port) = launch.port {
         cmd.env(&app.port_env, port.to_string());
     }
+    // The app gets the open-files limit windlass was started with, not the raised one.
+    crate::limits::restore_in_child(&mut cmd);
     if let Some(fd) = launch.guardian_fd {
         // SAFETY: the hook only calls async-signal-safe functions (getpid, write).
         unsafe {

@@ -37,6 +37,16 @@ fn bad_values_are_reported_where_they_stand() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("windlass.toml:3:44"), "{err}");
     assert!(err.contains("not an IP address or a CIDR range"), "{err}");
+
+    let p = Project::new("[app.web]\ncommand = \"x\"\nproxy = { max_connections = 0 }\n");
+    let o = p.run(&["check"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("windlass.toml:3:29"), "{err}");
+    assert!(
+        err.contains("`proxy.max_connections` must be between 1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -118,12 +118,19 @@ impl Project {
 
     /// Starts `windlass up` in the foreground, as a child of the test.
     pub fn up(&self, args: &[&str]) -> Supervisor {
+        self.up_with(args, |_| {})
+    }
+
+    /// Like [`up`](Self::up), with `setup` applied to the command first (a `pre_exec`
+    /// hook, say).
+    pub fn up_with(&self, args: &[&str], setup: impl FnOnce(&mut Command)) -> Supervisor {
         let mut all = vec!["up"];
         all.extend_from_slice(args);
         let out = self.path().join("up.out");
         let err = self.path().join("up.err");
-        let child = self
-            .cmd(&all)
+        let mut cmd = self.cmd(&all);
+        setup(&mut cmd);
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).expect("out"))
             .stderr(std::fs::File::create(&err).expect("err"))
