@@ -300,7 +300,10 @@ fn a_taken_admin_port_is_an_error_naming_its_holder() {
 fn the_admin_listener_can_be_off() {
     let p = Project::new("[app.a]\ncommand = [\"sleep\", \"1000\"]\n\n[admin]\nlisten = \"off\"\n");
     let _sup = p.up(&[]);
-    assert_eq!(p.instance("a", 0)["state"], "running");
+    // The control socket appears before the first instance is up: wait for it to run.
+    wait_for("a to run with the admin listener off", DEADLINE, || {
+        (p.instance("a", 0)["state"] == "running").then_some(())
+    });
 }
 
 #[test]
