@@ -11,6 +11,7 @@ pub mod capture;
 pub mod console;
 pub mod guardian;
 pub mod instance;
+pub mod lisp_compile;
 pub mod lisp_image;
 pub mod process;
 
@@ -109,6 +110,8 @@ struct AppRuntime {
     /// One reload at a time per app.
     reload_lock: tokio::sync::Mutex<()>,
     counters: Arc<AppCounters>,
+    /// The compile step of a Lisp app from source, shared by its instances.
+    compiler: Arc<lisp_compile::LispCompiler>,
 }
 
 /// Event counts of one app since the supervisor started (for metrics).
@@ -179,6 +182,7 @@ impl Supervisor {
             }
             None => Arc::new(|_| {}),
         };
+        let up_at = Instant::now();
         let mut apps = Vec::new();
         for app in &config.apps {
             let autostart = if opts.only.is_empty() {
@@ -192,6 +196,7 @@ impl Supervisor {
                 .port
                 .map(|_| AppProxy::new(&app.name, proxy_config(app)));
             let counters = Arc::new(AppCounters::default());
+            let compiler = Arc::new(lisp_compile::LispCompiler::default());
             let mut instances = Vec::new();
             for index in 0..app.instances {
                 let cell = Arc::new(InstanceCell::new(index));
@@ -206,6 +211,8 @@ impl Supervisor {
                     force: force.subscribe(),
                     changed: changed.clone(),
                     on_group_gone: on_gone.clone(),
+                    compiler: compiler.clone(),
+                    up_at,
                 };
                 let task = tokio::spawn(instance::run(ctx, rx, autostart));
                 instances.push(InstanceHandle {
@@ -222,6 +229,7 @@ impl Supervisor {
                 instances,
                 reload_lock: tokio::sync::Mutex::new(()),
                 counters,
+                compiler,
             });
         }
         Ok(Supervisor {
@@ -302,13 +310,23 @@ impl Supervisor {
             Action::Stop => Cmd::Stop,
             Action::Restart => Cmd::Restart,
         };
+        let after = Instant::now();
         if matches!(action, Action::Restart) {
             rt.log.note(None, "restart requested");
+            // A Lisp app from source compiles first: if that fails, nothing was stopped.
+            let app_cfg = rt.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Err(reason) = rt.compiler.ensure(&app_cfg, &rt.log, Some(after)).await {
+                return Err(SupervisorError::ReloadFailed {
+                    app: app.to_owned(),
+                    reason: format!("{reason}\nthe running instances were left alone"),
+                    hint: None,
+                });
+            }
         }
         // Instances restart one after the other; start and stop go to all at once.
         let mut waits = Vec::new();
         for inst in &rt.instances {
-            let rx = send(inst, cmd).await?;
+            let rx = send(inst, cmd, after).await?;
             if action == Action::Restart {
                 let _ = rx.await;
             } else {
@@ -366,8 +384,20 @@ impl Supervisor {
                 } else {
                     Cmd::Restart
                 };
+                // A Lisp app from source compiles once for every instance, before any is
+                // touched: a compile error fails the reload and the old version keeps serving.
+                let after = Instant::now();
+                if let Err(reason) = rt.compiler.ensure(&new_app, &rt.log, Some(after)).await {
+                    rt.counters.reloads_failed.fetch_add(1, Relaxed);
+                    rt.log.note(None, &format!("reload failed: {reason}"));
+                    return Err(SupervisorError::ReloadFailed {
+                        app: app.to_owned(),
+                        reason: format!("{reason}\nthe old version keeps serving"),
+                        hint: None,
+                    });
+                }
                 for inst in &rt.instances {
-                    let outcome: Outcome = send(inst, cmd)
+                    let outcome: Outcome = send(inst, cmd, after)
                         .await?
                         .await
                         .unwrap_or_else(|_| Err("the instance task ended".into()));
@@ -489,6 +519,7 @@ impl Supervisor {
                     .send(Request {
                         cmd: Cmd::Shutdown,
                         done,
+                        after: Instant::now(),
                     })
                     .await
                     .is_ok()
@@ -631,10 +662,11 @@ impl Supervisor {
 async fn send(
     inst: &InstanceHandle,
     cmd: Cmd,
+    after: Instant,
 ) -> Result<oneshot::Receiver<Outcome>, SupervisorError> {
     let (done, rx) = oneshot::channel();
     inst.tx
-        .send(Request { cmd, done })
+        .send(Request { cmd, done, after })
         .await
         .map_err(|_| SupervisorError::ShuttingDown)?;
     Ok(rx)

@@ -12,6 +12,7 @@ mod docs;
 mod init;
 mod limits;
 mod lisp;
+mod lisp_instances;
 mod lisp_module;
 mod logs;
 mod observe;
