@@ -657,7 +657,11 @@ fn resolve_lisp(
             swank_port,
             cache_dir: Some(cache_dir.clone()),
             stop_timeout: Some(grace),
-            runtime_dir: Some(state_dir.join("lisp")),
+            // Absolute: the instance runs in its own `cwd`, windlass writes the file from its.
+            runtime_dir: Some(
+                std::path::absolute(state_dir.join("lisp"))
+                    .unwrap_or_else(|_| state_dir.join("lisp")),
+            ),
             ..SourceOptions::default()
         };
         match launcher::plan_source_command(&app, lc.cwd, &options) {

@@ -254,3 +254,127 @@ fn build_and_up_at_the_same_time_on_a_cold_cache_both_succeed() {
     wait_all_running(&p, 2);
     assert_eq!(http_get(port, "/health").expect("get").1, "ok");
 }
+
+#[test]
+fn a_compile_error_fails_the_reload_and_the_restart_before_any_instance_is_touched() {
+    let port = free_port();
+    let p = Project::empty();
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-lisp"),
+        p.path(),
+    );
+    p.write(
+        "windlass.toml",
+        &format!(
+            "[app.hello]\nlisp = {{ system = \"hello-lisp\", entry = \"hello-lisp:main\" }}\n\
+             port = {port}\ninstances = 2\nreload = \"blue-green\"\n\
+             health = {{ path = \"/health\" }}\nstop = {{ timeout = \"5s\" }}\n\
+             env = {{ XDG_CACHE_HOME = \"{}\" }}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            lisp_cache().display()
+        ),
+    );
+    let _sup = p.up(&[]);
+    let before = wait_all_running(&p, 2);
+
+    // An unreadable form: the compile step fails, like a load error would.
+    let src = p.path().join("src/app.lisp");
+    let text = std::fs::read_to_string(&src).expect("read");
+    std::fs::write(&src, format!("{text}\n(defun broken (x) (let ((y x)) y)\n")).expect("write");
+    for command in ["reload", "restart"] {
+        let o = p.run(&[command, "hello"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{command}: {err}");
+        assert!(
+            err.contains("compiling hello-lisp failed (exit code 1): "),
+            "{command}: {err}"
+        );
+        assert!(
+            err.contains("end of file"),
+            "{command}: the condition: {err}"
+        );
+        // No instance was touched: same processes, still serving the old code.
+        let now = instances(&p, "hello");
+        for (old, new) in before.iter().zip(&now) {
+            assert_eq!(new["pid"], old["pid"], "{command}: {new}");
+            assert_eq!(new["state"], "running", "{command}: {new}");
+            assert_eq!(new["restarts"], 0, "{command}: {new}");
+        }
+        assert_eq!(http_get(port, "/version").expect("get").1, "1");
+    }
+    // The compiler's words are in the app's log.
+    let log = p.log_lines("hello").join("\n");
+    assert!(
+        log.contains("windlass-lisp: failed to load system hello-lisp"),
+        "{}",
+        log_tail(&p)
+    );
+}
+
+#[test]
+fn the_compile_step_and_build_wait_for_whoever_holds_the_cache_lock() {
+    use std::os::fd::AsRawFd;
+    let port = free_port();
+    let p = Project::empty();
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-lisp"),
+        p.path(),
+    );
+    // A warm cache of its own (a copy of the shared one): this test locks it.
+    let cache = p.path().join("fasl-cache");
+    copy_tree(&lisp_cache(), &cache);
+    p.write(
+        "windlass.toml",
+        &format!(
+            "[app.hello]\nlisp = {{ system = \"hello-lisp\", entry = \"hello-lisp:main\" }}\n\
+             port = {port}\ninstances = 2\nhealth = {{ path = \"/health\" }}\n\
+             env = {{ XDG_CACHE_HOME = \"{}\" }}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            cache.display()
+        ),
+    );
+    // The test writes the cache, as far as windlass can tell.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(cache.join("windlass.lock"))
+        .expect("open the lock file");
+    // SAFETY: flock(2) on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+
+    let mut build = p
+        .cmd(&["build"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn windlass build");
+    let _sup = p.up(&[]);
+    wait_for(
+        "the compile step to wait for the lock",
+        COLD_DEADLINE,
+        || {
+            p.log_lines("hello")
+                .iter()
+                .any(|l| l.contains("windlass-lisp: waiting for the fasl cache lock"))
+                .then_some(())
+        },
+    );
+    // Nothing started meanwhile, and the build waits too.
+    for inst in instances(&p, "hello") {
+        assert_eq!(inst["state"], "starting", "{inst}");
+        assert!(inst["pid"].is_null(), "{inst}");
+        assert_eq!(inst["message"], "waiting for the compile step", "{inst}");
+    }
+    assert!(build.try_wait().expect("try_wait").is_none());
+
+    drop(lock);
+    wait_all_running(&p, 2);
+    let o = build.wait_with_output().expect("build");
+    assert!(
+        o.status.success(),
+        "build: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(http_get(port, "/health").expect("get").1, "ok");
+}
