@@ -62,6 +62,15 @@
    (format *error-output* "~&windlass-lisp: ~?~%" control args)
    (finish-output *error-output*)))
 
+(defun one-line (condition)
+  "CONDITION's report on one line (ASDF's reports span several)."
+  (let ((text (or (ignore-errors (princ-to-string condition))
+                  (format nil "~s" (type-of condition)))))
+    (format nil "~{~a~^ ~}"
+            (remove "" (mapcar (lambda (line) (string-trim '(#\Space #\Tab #\Return) line))
+                               (uiop:split-string text :separator '(#\Newline)))
+                    :test #'string=))))
+
 (defun env-seconds (name default)
   "A non-negative number of seconds from the environment, else DEFAULT."
   (let* ((text (sb-ext:posix-getenv name))
@@ -347,7 +356,7 @@ On failure print the condition and exit 1."
             (asdf:load-system system))
         (say "loaded system ~a" system))
     (error (e)
-      (say "failed to load system ~a: ~a" system e)
+      (say "failed to load system ~a: ~a" system (one-line e))
       (die 1))))
 
 (defun load-swank ()
@@ -361,7 +370,7 @@ On failure print the condition and exit 1."
                 (uiop:xdg-cache-home "windlass" "swank" "fasl/"))
           (funcall (find-symbol "INIT" "SWANK-LOADER") :setup t))
       (error (e)
-        (say "failed to load swank: ~a" e)
+        (say "failed to load swank: ~a" (one-line e))
         (die 1)))))
 
 (defun address-in-use-p (condition)

@@ -156,10 +156,11 @@ async fn compile(app: &AppConfig, log: &Arc<AppLog>) -> Result<(), String> {
         .iter()
         .cloned()
         .collect();
-    let condition = lines
-        .iter()
-        .rev()
-        .find_map(|l| l.split_once(LOAD_FAILED).map(|(_, c)| c.to_owned()));
+    let condition = lines.iter().rev().find_map(|l| {
+        l.split_once(LOAD_FAILED)
+            .and_then(|(_, rest)| rest.split_once(": "))
+            .map(|(_, c)| c.to_owned())
+    });
     let mut msg = match condition {
         Some(c) => format!("compiling {system} failed ({info}): {c}"),
         None => format!("compiling {system} failed ({info})"),

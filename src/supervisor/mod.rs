@@ -51,6 +51,9 @@ pub enum SupervisorError {
         reason: String,
         hint: Option<String>,
     },
+    /// The compile step of a Lisp app failed before a restart touched any instance.
+    #[error("`{app}` was not restarted: {reason}")]
+    RestartFailed { app: String, reason: String },
 }
 
 impl SupervisorError {
@@ -316,10 +319,9 @@ impl Supervisor {
             // A Lisp app from source compiles first: if that fails, nothing was stopped.
             let app_cfg = rt.config.read().unwrap_or_else(|p| p.into_inner()).clone();
             if let Err(reason) = rt.compiler.ensure(&app_cfg, &rt.log, Some(after)).await {
-                return Err(SupervisorError::ReloadFailed {
+                return Err(SupervisorError::RestartFailed {
                     app: app.to_owned(),
                     reason: format!("{reason}\nthe running instances were left alone"),
-                    hint: None,
                 });
             }
         }

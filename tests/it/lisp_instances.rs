@@ -284,8 +284,11 @@ fn a_compile_error_fails_the_reload_and_the_restart_before_any_instance_is_touch
         let o = p.run(&[command, "hello"]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{command}: {err}");
+        // The condition, on one line, then the compiler's words (the reader error).
         assert!(
-            err.contains("compiling hello-lisp failed (exit code 1): "),
+            err.contains(
+                "compiling hello-lisp failed (exit code 1): COMPILE-FILE-ERROR while compiling "
+            ),
             "{command}: {err}"
         );
         assert!(
