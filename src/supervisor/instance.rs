@@ -595,7 +595,8 @@ async fn compile_first(
                 return match r {
                     Ok(()) => Compile::Ready,
                     Err(e) => {
-                        ctx.note(&format!("not started: {e}"));
+                        // The compile's output is in the log already: its first line will do.
+                        ctx.note(&format!("not started: {}", e.lines().next().unwrap_or_default()));
                         Compile::Failed(e)
                     }
                 };

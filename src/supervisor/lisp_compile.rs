@@ -95,8 +95,11 @@ async fn compile(app: &AppConfig, log: &Arc<AppLog>) -> Result<(), String> {
                 step.runtime_file.display()
             )
         })?;
-    let mut cmd = tokio::process::Command::new(&step.argv[0]);
-    cmd.args(&step.argv[1..])
+    let Some((program, args)) = step.argv.split_first() else {
+        return Err(format!("no compile command for {system}"));
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
         .current_dir(&app.cwd)
         .envs(app.env.iter().map(|(k, v)| (k, v)))
         .env(envvars::APP, &app.name)
@@ -109,7 +112,7 @@ async fn compile(app: &AppConfig, log: &Arc<AppLog>) -> Result<(), String> {
     let t0 = Instant::now();
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start `{}` to compile {system}: {e}", step.argv[0]))?;
+        .map_err(|e| format!("cannot start `{program}` to compile {system}: {e}"))?;
     let pid = child.id().unwrap_or(0);
     log.note(
         None,

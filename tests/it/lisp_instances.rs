@@ -304,6 +304,26 @@ fn a_compile_error_fails_the_reload_and_the_restart_before_any_instance_is_touch
         }
         assert_eq!(http_get(port, "/version").expect("get").1, "1");
     }
+    // A start fails like a load error: exit code 1 and the condition, for every instance.
+    let o = p.run(&["stop", "hello"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _ = p.run(&["start", "hello"]);
+    wait_for(
+        "both instances to report the failed compile",
+        DEADLINE,
+        || {
+            let all = instances(&p, "hello");
+            all.iter()
+                .all(|i| {
+                    i["pid"].is_null()
+                        && i["last_exit"]["code"] == 1
+                        && i["message"].as_str().is_some_and(|m| {
+                            m.contains("compiling hello-lisp failed (exit code 1)")
+                        })
+                })
+                .then_some(())
+        },
+    );
     // The compiler's words are in the app's log.
     let log = p.log_lines("hello").join("\n");
     assert!(
