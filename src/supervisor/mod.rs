@@ -3,8 +3,9 @@
 //!
 //! Apps are spawned in their own process groups ([`process`]), their output captured into
 //! [`crate::logs`] ([`capture`]), restarted per policy ([`backoff`]), and guarded against
-//! windlass's own death ([`guardian`]). The control API and the CLI only ever go through the
-//! handle, never through the tasks' internals.
+//! windlass's own death ([`guardian`]). Common Lisp apps from source are compiled once per
+//! command before their instances start ([`lisp_compile`]). The control API and the CLI only
+//! ever go through the handle, never through the tasks' internals.
 
 pub mod backoff;
 pub mod capture;
