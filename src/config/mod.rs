@@ -126,6 +126,8 @@ pub struct LispConfig {
     pub reload_eval: String,
     /// Run a built release instead of the sources.
     pub release: Option<ReleaseSel>,
+    /// From source: the compile step run once before instances start (none for a release).
+    pub compile: Option<crate::lisp::launcher::CompileStep>,
     /// Where `windlass build` puts releases (`.windlass/releases`).
     pub releases_dir: PathBuf,
     /// How many releases of this app `windlass build` keeps.

@@ -668,6 +668,7 @@ fn resolve_lisp(
         .saturating_sub(Duration::from_millis(500))
         .max(lc.stop.timeout / 2);
     let mut runtime_env: Vec<(String, String)> = Vec::new();
+    let mut compile = None;
     let argv = if release.is_some() {
         runtime_env.push((
             launcher::ENV_STOP_TIMEOUT.to_owned(),
@@ -680,11 +681,20 @@ fn resolve_lisp(
             swank_port,
             cache_dir: Some(cache_dir.clone()),
             stop_timeout: Some(grace),
+            // Absolute: the instance runs in its own `cwd`, windlass writes the file from its.
+            runtime_dir: Some(
+                std::path::absolute(state_dir.join("lisp"))
+                    .unwrap_or_else(|_| state_dir.join("lisp")),
+            ),
             ..SourceOptions::default()
         };
-        match launcher::source_command(&app, lc.cwd, &options) {
+        match launcher::plan_source_command(&app, lc.cwd, &options) {
             Ok(cmd) => {
                 runtime_env.extend(cmd.env);
+                compile = Some(launcher::CompileStep {
+                    argv: cmd.compile_argv,
+                    runtime_file: cmd.runtime_file,
+                });
                 Some(cmd.argv)
             }
             Err(e) => {
@@ -721,6 +731,7 @@ fn resolve_lisp(
             swank_port,
             reload_eval,
             release,
+            compile,
             releases_dir: state_dir.join("releases"),
             keep_releases,
         },

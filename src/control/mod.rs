@@ -106,7 +106,9 @@ pub(crate) fn sup_error(e: SupervisorError) -> Response {
         SupervisorError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         SupervisorError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         SupervisorError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        SupervisorError::ReloadFailed { .. } => StatusCode::CONFLICT,
+        SupervisorError::ReloadFailed { .. } | SupervisorError::RestartFailed { .. } => {
+            StatusCode::CONFLICT
+        }
     };
     let hint = e.hint();
     error(status, e.to_string(), hint)

@@ -474,7 +474,8 @@ mod tests {
         let script = build_script(&app, &dir, Path::new("/out/.x.tmp"), &Loader::Asdf, true)
             .expect("renders");
         assert!(script.contains("(windlass-launcher:check-savable)"));
-        assert!(script.contains("(windlass-launcher:load-swank)"));
+        assert!(script.contains("(windlass-launcher:prepare \"hello-lisp\" :directories"));
+        assert!(script.contains(" :swank t :lock t)"));
         assert!(script.contains("(windlass-launcher:run \"hello-lisp:main\")"));
         assert!(script.ends_with("(uiop:dump-image \"/out/.x.tmp\" :executable t)\n"));
     }

@@ -7,6 +7,13 @@
 //! the entry point, keeps the process in the foreground and stops Hunchentoot gracefully
 //! on SIGTERM/SIGINT.
 //!
+//! Two commands per app: the compile step ([`LaunchCommand::compile_argv`], one SBCL that
+//! compiles the system, and swank when configured, holding the cache lock, then exits) and
+//! the instance ([`LaunchCommand::argv`], which loads the fasls and runs). Both `--load`
+//! the runtime from a content-addressed file windlass writes under `.windlass/lisp/`
+//! ([`write_runtime_file`]), so the command line is short and names what runs:
+//! `sbcl ... --load .../runtime-HASH.lisp --eval (windlass-launcher:start "system" "pkg:entry" ...)`.
+//!
 //! Entry-point convention: windlass calls the entry function with **no arguments**. It
 //! reads its port from the variable named by `port_env` (the supervisor sets it), starts
 //! the server and returns (Hunchentoot runs in background threads) or blocks. It needs
@@ -122,13 +129,60 @@ pub struct SourceOptions {
     pub loader: Option<Loader>,
     /// `--dynamic-space-size` in MiB.
     pub dynamic_space_mib: Option<u32>,
+    /// Where the runtime file goes; default `<project>/.windlass/lisp`.
+    pub runtime_dir: Option<PathBuf>,
 }
 
 /// What to spawn: argv\[0\] is the program; `env` is added to the inherited environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchCommand {
+    /// An instance: load the system's fasls, call the entry point, stay in the foreground.
     pub argv: Vec<String>,
+    /// The compile step: compile the system (and swank) into the cache, then exit 0, or
+    /// exit 1 with the condition on stderr. Same environment and directory as `argv`.
+    pub compile_argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The runtime file both commands load; write it with [`write_runtime_file`] first.
+    pub runtime_file: PathBuf,
+}
+
+/// What the supervisor needs to run the compile step of an app run from source, beside
+/// the instance's argv (the app's `argv`): the compile command and the runtime file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CompileStep {
+    pub argv: Vec<String>,
+    pub runtime_file: PathBuf,
+}
+
+/// The runtime file's name: content-addressed, so windlass versions never overwrite each
+/// other's runtime under a running app.
+pub fn runtime_file_name() -> String {
+    // FNV-1a, 64 bits: stable across Rust versions (unlike `DefaultHasher`).
+    let hash = RUNTIME_LISP.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("runtime-{hash:016x}.lisp")
+}
+
+/// Writes [`RUNTIME_LISP`] to `path` unless it already holds exactly that: to a temporary
+/// file in the same directory, then renamed into place, so an SBCL starting meanwhile
+/// reads the whole runtime or finds none.
+pub fn write_runtime_file(path: &Path) -> std::io::Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == RUNTIME_LISP.as_bytes()) {
+        return Ok(());
+    }
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("the runtime file needs a directory"))?;
+    std::fs::create_dir_all(dir)?;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".runtime.tmp-{}-{n}", std::process::id()));
+    let written = std::fs::write(&tmp, RUNTIME_LISP).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Building the launch command failed.
@@ -144,14 +198,36 @@ pub enum LauncherError {
     },
     #[error(transparent)]
     Detect(#[from] detect::DetectError),
+    #[error("cannot write the Lisp runtime {path}: {source}")]
+    RuntimeFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// The argv and environment that run `app` from source in `project_dir`.
+/// The argv and environment that run `app` from source in `project_dir`, with the runtime
+/// file written (see [`plan_source_command`]).
 ///
 /// The process loads the system (exit 1 with the condition on stderr if that fails),
 /// calls the entry point, and runs until SIGTERM/SIGINT (then exits 0 after draining).
 /// The supervisor adds the `port_env` variable. stdin should be `/dev/null`.
 pub fn source_command(
+    app: &LispApp,
+    project_dir: &Path,
+    options: &SourceOptions,
+) -> Result<LaunchCommand, LauncherError> {
+    let cmd = plan_source_command(app, project_dir, options)?;
+    write_runtime_file(&cmd.runtime_file).map_err(|source| LauncherError::RuntimeFile {
+        path: cmd.runtime_file.clone(),
+        source,
+    })?;
+    Ok(cmd)
+}
+
+/// [`source_command`] without writing anything: config validation uses it, and the
+/// supervisor writes the runtime file before the compile step.
+pub fn plan_source_command(
     app: &LispApp,
     project_dir: &Path,
     options: &SourceOptions,
@@ -166,25 +242,37 @@ pub fn source_command(
         .loader
         .clone()
         .unwrap_or_else(|| Loader::detect(&project_dir, home.as_deref()));
-    let code = launcher_source(app, &project_dir, &loader, options.swank_port.is_some())?;
+    let args = project_args(&project_dir, &loader, options.swank_port.is_some())?;
+    let runtime_file = options
+        .runtime_dir
+        .clone()
+        .unwrap_or_else(|| project_dir.join(".windlass").join("lisp"))
+        .join(runtime_file_name());
     let sbcl = options
         .sbcl
         .clone()
         .unwrap_or_else(|| PathBuf::from("sbcl"));
-    let mut argv = vec![utf8(&sbcl)?];
-    argv.extend(runtime_options(options.dynamic_space_mib));
-    argv.extend(
+    let mut head = vec![utf8(&sbcl)?];
+    head.extend(runtime_options(options.dynamic_space_mib));
+    head.extend(
         [
             "--no-sysinit",
             "--no-userinit",
             "--non-interactive",
-            "--eval",
-            "(require :asdf)",
-            "--eval",
+            "--load",
         ]
         .map(String::from),
     );
-    argv.push(load_string_form(&code));
+    head.push(utf8(&runtime_file)?);
+    head.push("--eval".into());
+    let system = Sexp::string_literal(&app.system);
+    let mut argv = head.clone();
+    argv.push(format!(
+        "(windlass-launcher:start {system} {}{args})",
+        Sexp::string_literal(&app.entry)
+    ));
+    let mut compile_argv = head;
+    compile_argv.push(format!("(windlass-launcher:compile-system {system}{args})"));
 
     let cache = options
         .cache_dir
@@ -200,7 +288,12 @@ pub fn source_command(
             format!("{:.3}", timeout.as_secs_f64()),
         ));
     }
-    Ok(LaunchCommand { argv, env })
+    Ok(LaunchCommand {
+        argv,
+        compile_argv,
+        env,
+        runtime_file,
+    })
 }
 
 /// SBCL runtime options shared by source runs and builds: no banner, no LDB, exit on
@@ -226,24 +319,8 @@ pub(crate) fn load_string_form(code: &str) -> String {
     )
 }
 
-/// The Lisp source the run-from-source process evaluates: the runtime, loading the
-/// system, optionally swank, then `run`.
-pub fn launcher_source(
-    app: &LispApp,
-    project_dir: &Path,
-    loader: &Loader,
-    with_swank: bool,
-) -> Result<String, LauncherError> {
-    let mut code = prelude(app, project_dir, loader, with_swank, "for this app")?;
-    code.push_str(&format!(
-        "(windlass-launcher:run {})\n",
-        Sexp::string_literal(&app.entry)
-    ));
-    Ok(code)
-}
-
 /// What every generated script starts with: the runtime, then loading the system (and
-/// swank when asked). `what` names the script in its header comment.
+/// swank when asked) holding the cache lock. `what` names the script in its header comment.
 pub(crate) fn prelude(
     app: &LispApp,
     project_dir: &Path,
@@ -253,19 +330,21 @@ pub(crate) fn prelude(
 ) -> Result<String, LauncherError> {
     let mut code = String::from(RUNTIME_LISP);
     code.push_str(&format!("\n;;; Generated by windlass {what}.\n"));
-    code.push_str(&load_project_form(app, project_dir, loader)?);
-    code.push('\n');
-    if swank {
-        code.push_str("(windlass-launcher:load-swank)\n");
-    }
+    code.push_str(&format!(
+        "(windlass-launcher:prepare {}{} :lock t)\n",
+        Sexp::string_literal(&app.system),
+        project_args(project_dir, loader, swank)?
+    ));
     Ok(code)
 }
 
-/// `(windlass-launcher:load-project ...)` for `app` in `project_dir`.
-pub(crate) fn load_project_form(
-    app: &LispApp,
+/// The keyword arguments of `prepare`, `start` and `compile-system` for `app` in
+/// `project_dir`, each with a leading space: `:directories`, and `:loader`, `:setup-file`
+/// and `:swank` when they differ from the defaults.
+pub(crate) fn project_args(
     project_dir: &Path,
     loader: &Loader,
+    swank: bool,
 ) -> Result<String, LauncherError> {
     let mut dirs = detect::asd_directories(project_dir)?;
     if !dirs.iter().any(|d| d == project_dir) {
@@ -276,15 +355,22 @@ pub(crate) fn load_project_form(
         .map(|d| utf8(d).map(|s| Sexp::string_literal(&format!("{}/", s.trim_end_matches('/')))))
         .collect::<Result<Vec<_>, _>>()?
         .join(" ");
-    let (loader_kw, setup) = match loader {
-        Loader::Asdf => (":asdf", "nil".to_string()),
-        Loader::Quicklisp { setup } => (":quicklisp", Sexp::string_literal(&utf8(setup)?)),
-        Loader::Qlot { setup } => (":qlot", Sexp::string_literal(&utf8(setup)?)),
-    };
-    Ok(format!(
-        "(windlass-launcher:load-project {} :directories (list {dirs}) :loader {loader_kw} :setup-file {setup})",
-        Sexp::string_literal(&app.system)
-    ))
+    let mut args = format!(" :directories (list {dirs})");
+    match loader {
+        Loader::Asdf => {}
+        Loader::Quicklisp { setup } => args.push_str(&format!(
+            " :loader :quicklisp :setup-file {}",
+            Sexp::string_literal(&utf8(setup)?)
+        )),
+        Loader::Qlot { setup } => args.push_str(&format!(
+            " :loader :qlot :setup-file {}",
+            Sexp::string_literal(&utf8(setup)?)
+        )),
+    }
+    if swank {
+        args.push_str(" :swank t");
+    }
+    Ok(args)
 }
 
 pub(crate) fn utf8(path: &Path) -> Result<String, LauncherError> {
@@ -332,7 +418,7 @@ mod tests {
             loader: Some(Loader::Asdf),
             ..SourceOptions::default()
         };
-        let cmd = source_command(&app, &example_dir(), &options).expect("builds");
+        let cmd = plan_source_command(&app, &example_dir(), &options).expect("builds");
         assert_eq!(cmd.argv[0], "sbcl");
         assert!(cmd.argv.contains(&"--non-interactive".to_string()));
         assert!(cmd.argv.contains(&"--disable-ldb".to_string()));
@@ -360,16 +446,55 @@ mod tests {
             cmd.env
                 .contains(&("WINDLASS_STOP_TIMEOUT".into(), "2.500".into()))
         );
-        // The last argument is one readable form.
+        // The runtime is a file; the last argument is one short readable form naming the
+        // system and the entry point.
+        let load = cmd.argv.iter().position(|a| a == "--load").expect("--load");
+        assert_eq!(cmd.argv[load + 1], utf8(&cmd.runtime_file).expect("utf8"));
+        assert!(cmd.runtime_file.ends_with(runtime_file_name()));
         let last = cmd.argv.last().expect("non-empty");
-        let form = sexp::parse(last).expect("the load form is readable");
-        let text = form
-            .as_list()
-            .and_then(|l| l[1].as_list())
-            .and_then(|l| l[1].as_str())
-            .expect("embedded source");
-        assert!(text.contains("(windlass-launcher:load-swank)"));
-        assert!(text.ends_with("(windlass-launcher:run \"hello-lisp:main\")\n"));
+        let form = sexp::parse(last).expect("the start form is readable");
+        let list = form.as_list().expect("a list");
+        assert_eq!(list[1].as_str(), Some("hello-lisp"));
+        assert_eq!(list[2].as_str(), Some("hello-lisp:main"));
+        assert!(last.starts_with("(windlass-launcher:start "), "{last}");
+        assert!(last.ends_with(" :swank t)"), "{last}");
+        assert!(cmd.argv.iter().map(String::len).sum::<usize>() < 1024);
+        // The compile step runs the same way, with the compile form.
+        assert_eq!(
+            cmd.compile_argv[..cmd.argv.len() - 1],
+            cmd.argv[..cmd.argv.len() - 1]
+        );
+        let compile = cmd.compile_argv.last().expect("non-empty");
+        assert!(
+            compile.starts_with("(windlass-launcher:compile-system \"hello-lisp\" :directories"),
+            "{compile}"
+        );
+        assert!(sexp::parse(compile).is_ok());
+    }
+
+    #[test]
+    fn the_runtime_file_is_content_addressed_and_written_whole() {
+        let name = runtime_file_name();
+        assert!(
+            name.starts_with("runtime-") && name.ends_with(".lisp"),
+            "{name}"
+        );
+        assert_eq!(name.len(), "runtime-".len() + 16 + ".lisp".len());
+        let dir = std::env::temp_dir().join(format!("windlass-runtime-{}", std::process::id()));
+        let path = dir.join("lisp").join(&name);
+        write_runtime_file(&path).expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), RUNTIME_LISP);
+        // A damaged file is replaced; no temporary file is left behind.
+        std::fs::write(&path, "(oops").expect("damage");
+        write_runtime_file(&path).expect("rewrite");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), RUNTIME_LISP);
+        let files: Vec<_> = std::fs::read_dir(dir.join("lisp"))
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(files, [std::ffi::OsString::from(&name)]);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

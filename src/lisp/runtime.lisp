@@ -1,10 +1,21 @@
 ;;;; windlass Lisp runtime: the code windlass puts in front of a Common Lisp app.
 ;;;;
 ;;;; Loaded (as source, form by form) by the launcher in run-from-source mode
+;;;; (`--load .windlass/lisp/runtime-HASH.lisp`, then START or COMPILE-SYSTEM),
 ;;;; and by the build script before the image is saved; the same RUN function
 ;;;; is the toplevel of built executables. It only refers to packages that
 ;;;; exist once ASDF is required (CL, SB-*, ASDF, UIOP); Hunchentoot, swank,
 ;;;; Quicklisp and Qlot symbols are looked up at run time with FIND-SYMBOL.
+;;;;
+;;;; The fasl cache ($XDG_CACHE_HOME) is shared by every process of an app:
+;;;; windlass compiles the system once (COMPILE-SYSTEM) and then starts the
+;;;; instances, which only load fasls. Two rules keep that safe whoever
+;;;; compiles: every COMPILE-FILE in a process running this runtime writes a
+;;;; temporary file beside its output and renames it into place (a reader
+;;;; sees the old fasl or the new one, never half of one), and holds an
+;;;; exclusive flock on $XDG_CACHE_HOME/windlass.lock meanwhile (the compile
+;;;; step and `windlass build` hold it for their whole load), so two
+;;;; processes never write the cache at the same time.
 ;;;;
 ;;;; Convention: the entry function is called with no arguments. It reads its
 ;;;; port from the environment variable windlass sets (`port_env`), starts the
@@ -17,16 +28,20 @@
 ;;;;
 ;;;; Environment read at run time:
 ;;;;   WINDLASS_STOP_TIMEOUT  seconds to wait for in-flight requests (default 10)
-;;;;   WINDLASS_SWANK_PORT    start swank on 127.0.0.1:PORT (0 = any free port)
+;;;;   WINDLASS_SWANK_PORT    start swank on 127.0.0.1:PORT+INSTANCE (0 = any free port)
+;;;;   INSTANCE               the instance index windlass sets (0 when unset)
 ;;;;   WINDLASS_CONSOLE       1: run a REPL on stdin/stdout (the console `windlass
 ;;;;                          attach` shows); SIGINT (Ctrl-C there) then aborts the
 ;;;;                          form being evaluated instead of stopping the app
 ;;;; Lines written to stderr start with "windlass-lisp: "; the swank port is
 ;;;; announced as "windlass-lisp: swank-port=N".
 
+(require :asdf)
+
 (defpackage :windlass-launcher
   (:use :cl)
-  (:export #:run #:load-project #:load-swank #:check-savable #:say))
+  (:export #:run #:start #:compile-system #:prepare #:load-project #:load-swank
+           #:check-savable #:say #:with-cache-lock))
 
 (in-package :windlass-launcher)
 
@@ -47,6 +62,15 @@
    (format *error-output* "~&windlass-lisp: ~?~%" control args)
    (finish-output *error-output*)))
 
+(defun one-line (condition)
+  "CONDITION's report on one line (ASDF's reports span several)."
+  (let ((text (or (ignore-errors (princ-to-string condition))
+                  (format nil "~s" (type-of condition)))))
+    (format nil "~{~a~^ ~}"
+            (remove "" (mapcar (lambda (line) (string-trim '(#\Space #\Tab #\Return) line))
+                               (uiop:split-string text :separator '(#\Newline)))
+                    :test #'string=))))
+
 (defun env-seconds (name default)
   "A non-negative number of seconds from the environment, else DEFAULT."
   (let* ((text (sb-ext:posix-getenv name))
@@ -61,6 +85,18 @@
   (let* ((text (sb-ext:posix-getenv name))
          (value (and text (ignore-errors (parse-integer text)))))
     (and value (<= 0 value 65535) value)))
+
+(defun swank-port ()
+  "$WINDLASS_SWANK_PORT plus the instance index $INSTANCE (instance i of an app
+listens on swank_port + i); 0 stays 0 (any free port); NIL without swank."
+  (let ((base (env-port "WINDLASS_SWANK_PORT"))
+        (index (env-port "INSTANCE")))
+    (cond ((null base) nil)
+          ((or (zerop base) (null index)) base)
+          ((<= (+ base index) 65535) (+ base index))
+          (t (say "swank port ~d + instance ~d is past 65535; swank gets any free port"
+                  base index)
+             0))))
 
 (defun flush-all ()
   (ignore-errors (finish-output *standard-output*))
@@ -211,6 +247,95 @@ not the app."
                              (declare (ignore signal info context))
                              (say "SIGHUP ignored (stop with SIGTERM or SIGINT)"))))
 
+;;; The fasl cache: one writer at a time, atomic fasls.
+
+(defconstant +lock-sh+ 1)
+(defconstant +lock-ex+ 2)
+(defconstant +lock-nb+ 4)
+(defconstant +o-cloexec+ #o2000000)
+
+(defvar *cache-lock-fd* nil
+  "The fd of the cache lock file while this thread holds the lock.")
+
+(defun cache-lock-path ()
+  (uiop:xdg-cache-home "windlass.lock"))
+
+(defun flock (fd operation)
+  "flock(2), retried on EINTR. True when the lock was taken."
+  (loop
+    (let ((result (sb-alien:alien-funcall
+                   (sb-alien:extern-alien "flock" (function sb-alien:int sb-alien:int sb-alien:int))
+                   fd operation)))
+      (cond ((zerop result) (return t))
+            ((/= (sb-alien:get-errno) sb-unix:eintr) (return nil))))))
+
+(defun call-with-cache-lock (thunk)
+  "Call THUNK holding the exclusive lock on the fasl cache (re-entrant). When the
+lock file cannot be opened, say so and call THUNK anyway: fasls stay atomic."
+  (if *cache-lock-fd*
+      (funcall thunk)
+      (let* ((path (cache-lock-path))
+             (fd (progn
+                   (ignore-errors (ensure-directories-exist path))
+                   (sb-unix:unix-open (uiop:native-namestring path)
+                                      (logior sb-unix:o_rdwr sb-unix:o_creat +o-cloexec+)
+                                      #o644))))
+        (cond ((null fd)
+               (say "cannot open the cache lock ~a; compiling without it"
+                    (uiop:native-namestring path))
+               (funcall thunk))
+              (t
+               (unwind-protect
+                    (progn
+                      (unless (flock fd (logior +lock-ex+ +lock-nb+))
+                        (say "waiting for the fasl cache lock ~a (another compile or build is writing the cache)"
+                             (uiop:native-namestring path))
+                        (flock fd +lock-ex+))
+                      (let ((*cache-lock-fd* fd))
+                        (funcall thunk)))
+                 (sb-unix:unix-close fd)))))))
+
+(defmacro with-cache-lock (() &body body)
+  `(call-with-cache-lock (lambda () ,@body)))
+
+(defvar *temp-counter* 0)
+
+(defun atomic-compile-file (original input-file &rest arguments &key output-file &allow-other-keys)
+  "COMPILE-FILE, encapsulated: compile to a temporary file in the output's
+directory, then rename it over the output, holding the cache lock."
+  (declare (ignore output-file))
+  (let* ((final (merge-pathnames (apply #'compile-file-pathname input-file arguments)))
+         (temp (make-pathname :name (format nil "~a-windlass-tmp-~d-~d"
+                                            (pathname-name final)
+                                            (sb-unix:unix-getpid)
+                                            (incf *temp-counter*))
+                              :defaults final))
+         (rest (loop for (key value) on arguments by #'cddr
+                     unless (eq key :output-file) append (list key value))))
+    (ensure-directories-exist final)
+    (with-cache-lock ()
+      (let ((done nil))
+        (unwind-protect
+             (multiple-value-bind (truename warnings-p failure-p)
+                 (apply original input-file :output-file temp rest)
+               (cond (truename
+                      (multiple-value-bind (ok errno)
+                          (sb-unix:unix-rename (uiop:native-namestring truename)
+                                               (uiop:native-namestring final))
+                        (unless ok
+                          (error "cannot rename ~a to ~a: ~a" truename final
+                                 (sb-int:strerror errno))))
+                      (setf done t)
+                      (values (truename final) warnings-p failure-p))
+                     (t (values nil warnings-p failure-p))))
+          (unless done
+            (ignore-errors (delete-file temp))))))))
+
+(defun install-atomic-fasls ()
+  "Make every COMPILE-FILE of this process atomic and locked (idempotent)."
+  (unless (sb-int:encapsulated-p 'compile-file 'windlass-atomic-fasl)
+    (sb-int:encapsulate 'compile-file 'windlass-atomic-fasl #'atomic-compile-file)))
+
 ;;; Loading (source mode and build).
 
 (defun load-project (system &key directories (loader :asdf) setup-file)
@@ -231,7 +356,7 @@ On failure print the condition and exit 1."
             (asdf:load-system system))
         (say "loaded system ~a" system))
     (error (e)
-      (say "failed to load system ~a: ~a" system e)
+      (say "failed to load system ~a: ~a" system (one-line e))
       (die 1))))
 
 (defun load-swank ()
@@ -245,8 +370,12 @@ On failure print the condition and exit 1."
                 (uiop:xdg-cache-home "windlass" "swank" "fasl/"))
           (funcall (find-symbol "INIT" "SWANK-LOADER") :setup t))
       (error (e)
-        (say "failed to load swank: ~a" e)
+        (say "failed to load swank: ~a" (one-line e))
         (die 1)))))
+
+(defun address-in-use-p (condition)
+  (let ((class (find-symbol "ADDRESS-IN-USE-ERROR" "SB-BSD-SOCKETS")))
+    (and class (typep condition class))))
 
 (defun start-swank (port)
   (let ((package (find-package "SWANK")))
@@ -257,10 +386,29 @@ On failure print the condition and exit 1."
            ;; Do not let swank replace the disabled debugger globally on
            ;; connect: errors outside swank threads must still exit the process.
            (setf (symbol-value (find-symbol "*GLOBAL-DEBUGGER*" package)) nil)
-           (let ((actual (funcall (find-symbol "CREATE-SERVER" package)
-                                  :port port :dont-close t
-                                  :interface "127.0.0.1")))
-             (say "swank-port=~d" actual))))))
+           (flet ((create ()
+                    (let ((actual (funcall (find-symbol "CREATE-SERVER" package)
+                                           :port port :dont-close t
+                                           :interface "127.0.0.1")))
+                      (say "swank-port=~d" actual))))
+             (handler-case (create)
+               (error (e)
+                 (unless (address-in-use-p e)
+                   (error e))
+                 ;; During a blue-green reload the process this one replaces keeps
+                 ;; the port until it stops: take it over then.
+                 (say "swank port ~d is in use (by the process this one replaces?); retrying every second"
+                      port)
+                 (sb-thread:make-thread
+                  (lambda ()
+                    (loop
+                      (sleep 1)
+                      (handler-case (return (create))
+                        (error (e)
+                          (unless (address-in-use-p e)
+                            (say "swank: ~a" e)
+                            (return))))))
+                  :name "windlass swank retry"))))))))
 
 (defun check-savable ()
   "Exit 3 when a thread other than this one runs: SBCL cannot save the image."
@@ -296,7 +444,7 @@ ENTRY (a \"package:function\" string) with no arguments, stay in the foreground.
   (ignore-errors (setf (sb-alien:extern-alien "lose_on_corruption_p" sb-alien:int) 1))
   (install-signal-handlers)
   (install-hunchentoot-hooks)
-  (let ((swank-port (env-port "WINDLASS_SWANK_PORT")))
+  (let ((swank-port (swank-port)))
     (when swank-port
       (start-swank swank-port)))
   (let ((function (resolve-entry entry)))
@@ -319,3 +467,34 @@ ENTRY (a \"package:function\" string) with no arguments, stay in the foreground.
                  (null (sb-thread:with-mutex (*lock*) *acceptors*)))
         (say "every acceptor was stopped by the app; exiting")
         (die 0)))))
+
+;;; Entry points of the command lines windlass runs.
+
+(defun prepare (system &key directories (loader :asdf) setup-file swank lock)
+  "Load SYSTEM (and swank when SWANK), every COMPILE-FILE atomic; with LOCK,
+hold the cache lock for the whole load (a compile step or a build)."
+  (install-atomic-fasls)
+  (flet ((load-all ()
+           (load-project system :directories directories :loader loader
+                                :setup-file setup-file)
+           (when swank
+             (load-swank))))
+    (if lock
+        (with-cache-lock () (load-all))
+        (load-all))))
+
+(defun compile-system (system &rest options &key directories loader setup-file swank)
+  "The compile step: compile (and load) SYSTEM, and swank when SWANK, holding
+the cache lock, then exit 0. A failure exits 1 with the condition on stderr."
+  (declare (ignore directories loader setup-file swank))
+  (sb-ext:disable-debugger)
+  (apply #'prepare system :lock t options)
+  (say "compiled system ~a" system)
+  (flush-all)
+  (sb-ext:exit :code 0))
+
+(defun start (system entry &rest options &key directories loader setup-file swank)
+  "An instance: load SYSTEM (from fasls the compile step wrote), then RUN ENTRY."
+  (declare (ignore directories loader setup-file swank))
+  (apply #'prepare system options)
+  (run entry))

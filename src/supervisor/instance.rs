@@ -49,6 +49,9 @@ pub type Outcome = Result<String, String>;
 pub struct Request {
     pub cmd: Cmd,
     pub done: oneshot::Sender<Outcome>,
+    /// When the command was given: a Lisp app started by it runs code compiled no earlier
+    /// (one compile serves every instance of one command).
+    pub after: Instant,
 }
 
 /// The state of an instance, as `status` shows it.
@@ -138,6 +141,10 @@ pub struct InstanceCtx {
     pub changed: Arc<watch::Sender<u64>>,
     /// Called with the pgid once a group is gone (the guardian forgets it).
     pub on_group_gone: Arc<dyn Fn(i32) + Send + Sync>,
+    /// The app's compile step (Lisp apps from source), shared by its instances.
+    pub compiler: Arc<super::lisp_compile::LispCompiler>,
+    /// When the supervisor started: autostarted instances share the compile started after.
+    pub up_at: Instant,
 }
 
 impl InstanceCtx {
@@ -346,6 +353,8 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
     let mut acks: Vec<oneshot::Sender<Outcome>> = Vec::new();
     let mut first_start = true;
     let mut generation = 0u64;
+    // The compile a (Lisp) start needs: started after this, or any successful one (None).
+    let mut compile_after = Some(ctx.up_at);
     loop {
         if !want {
             ctx.set(|s| {
@@ -362,6 +371,7 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
                     Cmd::Start | Cmd::Restart | Cmd::Reload => {
                         backoff.reset();
                         want = true;
+                        compile_after = Some(req.after);
                         acks.push(req.done);
                     }
                     Cmd::Stop => {
@@ -381,6 +391,33 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
             ctx.set(|s| s.restarts += 1);
         }
         first_start = false;
+        match compile_first(&ctx, &app, compile_after, &mut rx, &mut acks).await {
+            Compile::Ready => compile_after = None,
+            Compile::Failed(msg) => {
+                compile_after = Some(Instant::now());
+                ctx.set(|s| {
+                    s.last_exit = Some(ExitInfo {
+                        code: Some(1),
+                        signal: None,
+                        at: crate::unix_now(),
+                        uptime_secs: 0.0,
+                    });
+                    s.pid = None;
+                    s.message = Some(msg.clone());
+                });
+                let decision = backoff.on_exit(&app.backoff, app.restart, false, Duration::ZERO);
+                ack_all(&mut acks, Err(msg));
+                match after_exit(&ctx, &mut rx, decision, &mut want, &mut backoff).await {
+                    Flow::Continue => continue,
+                    Flow::Return => return,
+                }
+            }
+            Compile::Stop => {
+                want = false;
+                continue;
+            }
+            Compile::Shutdown => return,
+        }
         generation += 1;
         let mut proc = match spawn_proc(&ctx, &app, generation, &health_tx) {
             Ok(p) => p,
@@ -476,7 +513,7 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
                     None => break Ended::ChannelClosed,
                     Some(r) if r.cmd == Cmd::Start => { let _ = r.done.send(Ok("already running".into())); }
                     Some(r) if r.cmd == Cmd::Reload && behind_proxy => {
-                        let outcome = blue_green(&ctx, &mut proc, &mut generation, &health_tx, &mut health_rx).await;
+                        let outcome = blue_green(&ctx, &mut proc, &mut generation, &health_tx, &mut health_rx, r.after).await;
                         let _ = r.done.send(outcome);
                     }
                     Some(r) => break Ended::Asked(r),
@@ -534,6 +571,7 @@ pub async fn run(ctx: InstanceCtx, mut rx: mpsc::Receiver<Request>, autostart: b
                     }
                     Cmd::Restart | Cmd::Reload => {
                         backoff.reset();
+                        compile_after = Some(req.after);
                         acks.push(req.done);
                     }
                     Cmd::Shutdown => {
@@ -562,6 +600,74 @@ fn ack_all(acks: &mut Vec<oneshot::Sender<Outcome>>, outcome: Outcome) {
     }
 }
 
+/// How the compile step before a start ended.
+enum Compile {
+    /// Compiled (or nothing to compile): start the process.
+    Ready,
+    /// The compile failed (like a load error: code 1 and the condition).
+    Failed(String),
+    /// A stop arrived meanwhile (its answer is in the acks).
+    Stop,
+    /// A shutdown arrived meanwhile (answered).
+    Shutdown,
+}
+
+/// The compile step of a Lisp app from source, shared by the app's instances, before this
+/// one starts; commands are answered meanwhile (a stop or shutdown abandons the wait).
+async fn compile_first(
+    ctx: &InstanceCtx,
+    app: &AppConfig,
+    after: Option<Instant>,
+    rx: &mut mpsc::Receiver<Request>,
+    acks: &mut Vec<oneshot::Sender<Outcome>>,
+) -> Compile {
+    if app.lisp.as_ref().is_none_or(|l| l.compile.is_none()) {
+        return Compile::Ready;
+    }
+    ctx.set(|s| {
+        s.state = State::Starting;
+        s.pid = None;
+        s.next_start = None;
+        s.message = Some("waiting for the compile step".into());
+    });
+    let compiled = ctx.compiler.ensure(app, &ctx.log, after);
+    tokio::pin!(compiled);
+    loop {
+        tokio::select! {
+            r = &mut compiled => {
+                return match r {
+                    Ok(()) => Compile::Ready,
+                    Err(e) => {
+                        // The compile's output is in the log already: its first line will do.
+                        ctx.note(&format!("not started: {}", e.lines().next().unwrap_or_default()));
+                        Compile::Failed(e)
+                    }
+                };
+            }
+            req = rx.recv() => match req {
+                None => return Compile::Shutdown,
+                Some(r) => match r.cmd {
+                    Cmd::Stop => {
+                        acks.push(r.done);
+                        return Compile::Stop;
+                    }
+                    Cmd::Shutdown => {
+                        ctx.set(|s| {
+                            s.state = State::Stopped;
+                            s.message = None;
+                        });
+                        let _ = r.done.send(Ok(String::new()));
+                        ack_all(acks, Ok(String::new()));
+                        return Compile::Shutdown;
+                    }
+                    // Answered once the instance runs.
+                    Cmd::Start | Cmd::Restart | Cmd::Reload => acks.push(r.done),
+                },
+            },
+        }
+    }
+}
+
 /// The blue-green switch for one instance. On success `proc` is the new process.
 async fn blue_green(
     ctx: &InstanceCtx,
@@ -569,6 +675,7 @@ async fn blue_green(
     generation: &mut u64,
     health_tx: &mpsc::Sender<Health>,
     health_rx: &mut mpsc::Receiver<Health>,
+    after: Instant,
 ) -> Outcome {
     // Requests arriving meanwhile stay queued: a reload is bounded by health.start_timeout.
     let app = ctx.app();
@@ -576,6 +683,13 @@ async fn blue_green(
         .proxy
         .clone()
         .expect("blue_green runs only behind the proxy");
+    // A Lisp app from source: compiled once for every instance, before the new process.
+    if let Err(e) = ctx.compiler.ensure(&app, &ctx.log, Some(after)).await {
+        ctx.note(&format!(
+            "reload failed: {e}; the old version keeps serving"
+        ));
+        return Err(format!("{e}\nthe old version keeps serving"));
+    }
     *generation += 1;
     let mut new = match spawn_proc(ctx, &app, *generation, health_tx) {
         Ok(p) => p,

@@ -3,14 +3,16 @@
 //!
 //! Apps are spawned in their own process groups ([`process`]), their output captured into
 //! [`crate::logs`] ([`capture`]), restarted per policy ([`backoff`]), and guarded against
-//! windlass's own death ([`guardian`]). The control API and the CLI only ever go through the
-//! handle, never through the tasks' internals.
+//! windlass's own death ([`guardian`]). Common Lisp apps from source are compiled once per
+//! command before their instances start ([`lisp_compile`]). The control API and the CLI only
+//! ever go through the handle, never through the tasks' internals.
 
 pub mod backoff;
 pub mod capture;
 pub mod console;
 pub mod guardian;
 pub mod instance;
+pub mod lisp_compile;
 pub mod lisp_image;
 pub mod process;
 
@@ -50,6 +52,9 @@ pub enum SupervisorError {
         reason: String,
         hint: Option<String>,
     },
+    /// The compile step of a Lisp app failed before a restart touched any instance.
+    #[error("`{app}` was not restarted: {reason}")]
+    RestartFailed { app: String, reason: String },
 }
 
 impl SupervisorError {
@@ -109,6 +114,8 @@ struct AppRuntime {
     /// One reload at a time per app.
     reload_lock: tokio::sync::Mutex<()>,
     counters: Arc<AppCounters>,
+    /// The compile step of a Lisp app from source, shared by its instances.
+    compiler: Arc<lisp_compile::LispCompiler>,
 }
 
 /// Event counts of one app since the supervisor started (for metrics).
@@ -180,6 +187,7 @@ impl Supervisor {
             None => Arc::new(|_| {}),
         };
         let budget = connection_budget(&config);
+        let up_at = Instant::now();
         let mut apps = Vec::new();
         for app in &config.apps {
             let autostart = if opts.only.is_empty() {
@@ -197,6 +205,7 @@ impl Supervisor {
                 proxy
             });
             let counters = Arc::new(AppCounters::default());
+            let compiler = Arc::new(lisp_compile::LispCompiler::default());
             let mut instances = Vec::new();
             for index in 0..app.instances {
                 let cell = Arc::new(InstanceCell::new(index));
@@ -211,6 +220,8 @@ impl Supervisor {
                     force: force.subscribe(),
                     changed: changed.clone(),
                     on_group_gone: on_gone.clone(),
+                    compiler: compiler.clone(),
+                    up_at,
                 };
                 let task = tokio::spawn(instance::run(ctx, rx, autostart));
                 instances.push(InstanceHandle {
@@ -227,6 +238,7 @@ impl Supervisor {
                 instances,
                 reload_lock: tokio::sync::Mutex::new(()),
                 counters,
+                compiler,
             });
         }
         Ok(Supervisor {
@@ -307,13 +319,22 @@ impl Supervisor {
             Action::Stop => Cmd::Stop,
             Action::Restart => Cmd::Restart,
         };
+        let after = Instant::now();
         if matches!(action, Action::Restart) {
             rt.log.note(None, "restart requested");
+            // A Lisp app from source compiles first: if that fails, nothing was stopped.
+            let app_cfg = rt.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Err(reason) = rt.compiler.ensure(&app_cfg, &rt.log, Some(after)).await {
+                return Err(SupervisorError::RestartFailed {
+                    app: app.to_owned(),
+                    reason: format!("{reason}\nthe running instances were left alone"),
+                });
+            }
         }
         // Instances restart one after the other; start and stop go to all at once.
         let mut waits = Vec::new();
         for inst in &rt.instances {
-            let rx = send(inst, cmd).await?;
+            let rx = send(inst, cmd, after).await?;
             if action == Action::Restart {
                 let _ = rx.await;
             } else {
@@ -371,8 +392,20 @@ impl Supervisor {
                 } else {
                     Cmd::Restart
                 };
+                // A Lisp app from source compiles once for every instance, before any is
+                // touched: a compile error fails the reload and the old version keeps serving.
+                let after = Instant::now();
+                if let Err(reason) = rt.compiler.ensure(&new_app, &rt.log, Some(after)).await {
+                    rt.counters.reloads_failed.fetch_add(1, Relaxed);
+                    rt.log.note(None, &format!("reload failed: {reason}"));
+                    return Err(SupervisorError::ReloadFailed {
+                        app: app.to_owned(),
+                        reason: format!("{reason}\nthe old version keeps serving"),
+                        hint: None,
+                    });
+                }
                 for inst in &rt.instances {
-                    let outcome: Outcome = send(inst, cmd)
+                    let outcome: Outcome = send(inst, cmd, after)
                         .await?
                         .await
                         .unwrap_or_else(|_| Err("the instance task ended".into()));
@@ -494,6 +527,7 @@ impl Supervisor {
                     .send(Request {
                         cmd: Cmd::Shutdown,
                         done,
+                        after: Instant::now(),
                     })
                     .await
                     .is_ok()
@@ -636,10 +670,11 @@ impl Supervisor {
 async fn send(
     inst: &InstanceHandle,
     cmd: Cmd,
+    after: Instant,
 ) -> Result<oneshot::Receiver<Outcome>, SupervisorError> {
     let (done, rx) = oneshot::channel();
     inst.tx
-        .send(Request { cmd, done })
+        .send(Request { cmd, done, after })
         .await
         .map_err(|_| SupervisorError::ShuttingDown)?;
     Ok(rx)

@@ -14,6 +14,7 @@ mod flood;
 mod init;
 mod limits;
 mod lisp;
+mod lisp_instances;
 mod lisp_module;
 mod logs;
 mod observe;
