@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     /// Where failed requests are reported for the app's log ([`AppProxy::set_notes`]).
     pub(crate) notes: std::sync::OnceLock<Notes>,
     pub(crate) note_budget: crate::proxy::error::NoteBudget,
+    /// The app-wide part of the replay rule (one replay at a time, the poison pause).
+    pub(crate) replays: crate::proxy::hold::ReplayGuard,
 }
 
 /// Writes one line into the app's log (stream `windlass`).
@@ -90,6 +92,7 @@ impl AppProxy {
                 metrics: Metrics::default(),
                 notes: std::sync::OnceLock::new(),
                 note_budget: crate::proxy::error::NoteBudget::new(),
+                replays: crate::proxy::hold::ReplayGuard::new(),
             }),
         }
     }

@@ -18,4 +18,5 @@ mod observe;
 mod output;
 mod proxy;
 mod reload;
+mod replay;
 mod supervise;
