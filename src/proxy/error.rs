@@ -474,4 +474,28 @@ mod tests {
         assert!(!shows_detail("192.0.2.7", false));
         assert!(!shows_detail("unknown", false));
     }
+
+    #[test]
+    fn a_poison_request_page_names_the_cause_and_only_the_log_names_the_instances() {
+        let first = SocketAddr::from(([127, 0, 0, 1], 4002));
+        let e = ProxyError::NotReplayed {
+            addr: addr(),
+            why: NotReplayed::Poison { first },
+            source: Box::new(ProxyError::UpstreamIo {
+                addr: addr(),
+                source: io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
+            }),
+        };
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(e.upstream_cause(), Some(UpstreamCause::Reset));
+        let page = e.page("web", "id-1", false);
+        assert!(
+            page.contains("its retry stopped another instance"),
+            "{page}"
+        );
+        assert!(!page.contains("127.0.0.1"), "{page}");
+        let detail = e.detail("web");
+        assert!(detail.contains("127.0.0.1:4001") && detail.contains("127.0.0.1:4002"));
+        assert!(detail.contains("query of death"), "{detail}");
+    }
 }

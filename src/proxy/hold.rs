@@ -243,8 +243,9 @@ impl<'a> Attempts<'a> {
     ///
     /// - never a request that may not be replayed ([`Replay`]);
     /// - [`Broke::Unread`]: again, up to [`MAX_UNREAD_REPLAYS`] times, on any instance;
-    /// - [`Broke::MaybeRead`]: once, on another instance if one is ready (else the same
-    ///   one after a short wait, or one that becomes ready within the hold), in the app's
+    /// - [`Broke::MaybeRead`], for an app with two instances or more: once, on another
+    ///   instance if one is ready (else the same one after a short wait, or one that
+    ///   becomes ready within the hold), in the app's
     ///   replay lane, and not while the app's replays are paused. If that replay breaks
     ///   the same way, the request is a likely query of death: counted, logged, a 502.
     pub(crate) async fn broke(
@@ -275,6 +276,8 @@ impl<'a> Attempts<'a> {
                 Ok(())
             }
             Broke::Unread => Err(e),
+            // With one instance, the only other is the restart of the one it may have killed.
+            Broke::MaybeRead if shared.cfg.instances < 2 => Err(e),
             Broke::MaybeRead => {
                 if let Some(first) = self.suspect {
                     self.lane = None;

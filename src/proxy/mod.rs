@@ -41,7 +41,7 @@ use tokio::net::TcpListener;
 pub use crate::proxy::backend::BackendId;
 pub use crate::proxy::config::{IpRange, ProxyConfig};
 pub use crate::proxy::drain::DrainReport;
-pub use crate::proxy::error::{Fault, ProxyError};
+pub use crate::proxy::error::{Fault, NotReplayed, ProxyError};
 pub use crate::proxy::metrics::{
     BackendStatus, LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, UpstreamCause, UpstreamErrors,
 };
