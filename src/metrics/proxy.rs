@@ -8,7 +8,8 @@
 //! Series (labels `app`, plus `code`, `cause`, `result`):
 //! `windlass_proxy_requests_total{code="1xx".."5xx"}`, `windlass_proxy_request_duration_seconds`
 //! (histogram, request head received to response done), `windlass_proxy_requests_in_flight`,
-//! `windlass_proxy_upstream_errors_total{cause}`, `windlass_proxy_upgraded_connections`,
+//! `windlass_proxy_upstream_errors_total{cause}`, `windlass_proxy_poison_requests_total`,
+//! `windlass_proxy_upgraded_connections`,
 //! `windlass_proxy_client_connections`, `windlass_proxy_max_connections`,
 //! `windlass_proxy_idle_connections_closed_total`,
 //! `windlass_app_reloads_total{result="success"|"failure"}`,
@@ -53,6 +54,7 @@ impl Collector for ProxyCollector {
         let mut in_flight: Vec<(Labels, u64)> = Vec::new();
         let mut upstream: Vec<(Labels, u64)> = Vec::new();
         let mut upgraded: Vec<(Labels, u64)> = Vec::new();
+        let mut poison: Vec<(Labels, u64)> = Vec::new();
         let mut reloads: Vec<(Labels, u64)> = Vec::new();
         let mut health: Vec<(Labels, u64)> = Vec::new();
         let mut latency = Vec::new();
@@ -69,6 +71,7 @@ impl Collector for ProxyCollector {
             }
             in_flight.push((a(), m.in_flight as u64));
             upgraded.push((a(), m.upgraded_open as u64));
+            poison.push((a(), m.poison_requests));
             for (cause, label) in CAUSES {
                 upstream.push((
                     vec![("app", app.clone()), ("cause", label.to_owned())],
@@ -145,6 +148,13 @@ impl Collector for ProxyCollector {
             "Failed attempts to reach an app instance, by app and cause",
             c,
             &upstream,
+        )?;
+        family(
+            &mut enc,
+            "windlass_proxy_poison_requests",
+            "Requests not retried again because their retry also stopped an instance (a likely query of death), by app",
+            c,
+            &poison,
         )?;
         family(
             &mut enc,

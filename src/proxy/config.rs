@@ -42,6 +42,11 @@ pub struct ProxyConfig {
     /// passed on rather than removed: the proxies in front of windlass (a TLS terminator,
     /// a load balancer). Empty by default: a client could claim anything.
     pub trusted_proxies: Vec<IpRange>,
+    /// How many instances the app runs (default 1). A request an instance may have read
+    /// before it closed the connection is sent to another instance only when there are
+    /// two or more: with one, the only other is the restart of the instance it may have
+    /// just killed (README, "When a request can fail").
+    pub instances: u32,
 }
 
 impl ProxyConfig {
@@ -127,6 +132,7 @@ impl Default for ProxyConfig {
                 1,
             ),
             trusted_proxies: Vec::new(),
+            instances: 1,
         }
     }
 }

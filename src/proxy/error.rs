@@ -88,8 +88,49 @@ pub enum ProxyError {
     },
     #[error("the client sent nothing of its request body for {}ms", after.as_millis())]
     BodyTimeout { after: Duration },
+    #[error(
+        "instance {addr} closed the connection after it may have read the request, which was not sent again ({why})"
+    )]
+    NotReplayed {
+        addr: SocketAddr,
+        why: NotReplayed,
+        #[source]
+        source: Box<ProxyError>,
+    },
     #[error("internal proxy error: {what}")]
     Internal { what: &'static str },
+}
+
+/// Why a request an instance may have read before closing its connection was not sent to
+/// another instance (see [`crate::proxy::hold::Attempts::broke`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReplayed {
+    /// Not idempotent (RFC 9110 §9.2.2): `POST` or `PATCH` may not be sent twice.
+    Method(http::Method),
+    /// Its body went to the app as it arrived and is not kept.
+    Body,
+    /// It was already sent again once, after the instance `first` closed on it, and the
+    /// second instance closed on it too: a likely query of death.
+    Poison { first: SocketAddr },
+    /// Retried requests have been stopping instances: replays are paused for the app.
+    Paused,
+}
+
+impl std::fmt::Display for NotReplayed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReplayed::Method(m) => write!(f, "a {m} may not be sent twice"),
+            NotReplayed::Body => f.write_str("its body was streamed to the app and is gone"),
+            NotReplayed::Poison { first } => write!(
+                f,
+                "it had already been sent again after instance {first} closed the connection \
+                 on it: a request that stops every instance it reaches (a query of death?)"
+            ),
+            NotReplayed::Paused => f.write_str(
+                "retried requests have been stopping instances, so retries are paused for a while",
+            ),
+        }
+    }
 }
 
 impl ProxyError {
@@ -114,7 +155,8 @@ impl ProxyError {
             | ProxyError::Upstream { .. }
             | ProxyError::UpstreamIo { .. }
             | ProxyError::BadResponse { .. }
-            | ProxyError::UnexpectedSwitch { .. } => StatusCode::BAD_GATEWAY,
+            | ProxyError::UnexpectedSwitch { .. }
+            | ProxyError::NotReplayed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Downstream { .. } => StatusCode::BAD_REQUEST,
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -132,7 +174,8 @@ impl ProxyError {
             | ProxyError::Upstream { .. }
             | ProxyError::UpstreamIo { .. }
             | ProxyError::BadResponse { .. }
-            | ProxyError::UnexpectedSwitch { .. } => Some(UpstreamCause::Reset),
+            | ProxyError::UnexpectedSwitch { .. }
+            | ProxyError::NotReplayed { .. } => Some(UpstreamCause::Reset),
             ProxyError::Downstream { .. }
             | ProxyError::BodyTimeout { .. }
             | ProxyError::Internal { .. } => None,
@@ -142,6 +185,26 @@ impl ProxyError {
     /// What failed, in one line a stranger may read (no address, no OS error, no name).
     pub fn public_line(&self) -> &'static str {
         match self {
+            ProxyError::NotReplayed { why, .. } => match why {
+                NotReplayed::Method(m) if *m == http::Method::POST => {
+                    "The app's instance stopped while handling this request; it was not retried: a POST may not be sent twice."
+                }
+                NotReplayed::Method(m) if *m == http::Method::PATCH => {
+                    "The app's instance stopped while handling this request; it was not retried: a PATCH may not be sent twice."
+                }
+                NotReplayed::Method(_) => {
+                    "The app's instance stopped while handling this request; it was not retried: this method may not be sent twice."
+                }
+                NotReplayed::Body => {
+                    "The app's instance stopped while handling this request; it was not retried: its body is gone."
+                }
+                NotReplayed::Poison { .. } => {
+                    "The app's instance stopped while handling this request, and it was not retried again: its retry stopped another instance."
+                }
+                NotReplayed::Paused => {
+                    "The app's instance stopped while handling this request; it was not retried: retried requests have been stopping instances."
+                }
+            },
             ProxyError::NoReadyBackend { .. } => {
                 "The app is not ready: no instance could take the request in time."
             }
@@ -410,5 +473,29 @@ mod tests {
         assert!(!shows_detail("127.0.0.1", true), "came through a proxy");
         assert!(!shows_detail("192.0.2.7", false));
         assert!(!shows_detail("unknown", false));
+    }
+
+    #[test]
+    fn a_poison_request_page_names_the_cause_and_only_the_log_names_the_instances() {
+        let first = SocketAddr::from(([127, 0, 0, 1], 4002));
+        let e = ProxyError::NotReplayed {
+            addr: addr(),
+            why: NotReplayed::Poison { first },
+            source: Box::new(ProxyError::UpstreamIo {
+                addr: addr(),
+                source: io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
+            }),
+        };
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(e.upstream_cause(), Some(UpstreamCause::Reset));
+        let page = e.page("web", "id-1", false);
+        assert!(
+            page.contains("its retry stopped another instance"),
+            "{page}"
+        );
+        assert!(!page.contains("127.0.0.1"), "{page}");
+        let detail = e.detail("web");
+        assert!(detail.contains("127.0.0.1:4001") && detail.contains("127.0.0.1:4002"));
+        assert!(detail.contains("query of death"), "{detail}");
     }
 }

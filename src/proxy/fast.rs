@@ -13,9 +13,9 @@
 //! ([`crate::proxy::forward`]) for the rest of the connection; that path is the reference
 //! and this one behaves the same: hop-by-hop headers stripped, `X-Forwarded-*` set,
 //! requests held while no instance is ready, refused connects retried, a request whose
-//! connection was reset before the app read it sent again (at most
-//! [`MAX_REPLAYS`](crate::proxy::forward::MAX_REPLAYS) times; all the methods taken here
-//! are idempotent), the response timeout, the in-flight count that drains wait on, and
+//! connection broke before a response sent again by the shared replay rule
+//! ([`Attempts::broke`]; all the methods taken here are idempotent, and the rewritten
+//! head is kept in its own buffer until the response head arrives), the response timeout, the in-flight count that drains wait on, and
 //! the same metrics. Responses keep their framing (`Content-Length`, chunked, or the end
 //! of the connection, which then also ends the client's).
 
@@ -33,9 +33,9 @@ use crate::proxy::Shared;
 use crate::proxy::backend::InFlight;
 use crate::proxy::deadline::Deadline;
 use crate::proxy::error::{ProxyError, request_id, shows_detail};
-use crate::proxy::forward::{MAX_REPLAYS, note_error, request_line};
+use crate::proxy::forward::{note_error, request_line};
 use crate::proxy::headers::Forwarding;
-use crate::proxy::hold::Attempts;
+use crate::proxy::hold::{Attempts, Broke, Replay};
 use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::pool;
 
@@ -429,7 +429,8 @@ async fn exchange(
     start: Instant,
 ) -> Result<(InFlight, TcpStream, ResponseHead), ProxyError> {
     let mut attempts = Attempts::new(shared, start);
-    let mut replays = 0;
+    // Only bodiless requests with idempotent methods take this path.
+    let replay = Replay::Allowed;
     let mut fresh = false;
     loop {
         let guard = attempts.pick().await?;
@@ -447,15 +448,11 @@ async fn exchange(
             },
         };
         ubuf.clear();
-        match send(&mut upstream, request, ubuf, respond, addr).await {
+        let (how, source) = match send(&mut upstream, request, ubuf, respond, addr).await {
             Ok(head) => return Ok((guard, upstream, head)),
-            Err(Failure::NeverRead(source)) if replays < MAX_REPLAYS => {
-                shared.metrics.upstream_error(UpstreamCause::Reset);
-                tracing::debug!(app = %shared.app, backend = %backend.id, error = %source, "connection broke before a response; sending again on a fresh one");
-                replays += 1;
-                fresh = true;
-            }
-            Err(Failure::NeverRead(source)) | Err(Failure::Io(source)) => {
+            Err(Failure::NeverRead(source)) => (Broke::Unread, source),
+            Err(Failure::Closed(source)) => (Broke::MaybeRead, source),
+            Err(Failure::Io(source)) => {
                 shared.metrics.upstream_error(UpstreamCause::Reset);
                 return Err(ProxyError::UpstreamIo { addr, source });
             }
@@ -463,13 +460,19 @@ async fn exchange(
                 shared.metrics.upstream_failed(&e);
                 return Err(e);
             }
-        }
+        };
+        let e = ProxyError::UpstreamIo { addr, source };
+        attempts.broke(backend.id, addr, how, &replay, e).await?;
+        fresh = true;
     }
 }
 
 enum Failure {
     /// Reset or a broken pipe before any byte of a response: the app never read it.
     NeverRead(io::Error),
+    /// Closed, or another error, after the request was written and before any byte of a
+    /// response: the app may have read it.
+    Closed(io::Error),
     Io(io::Error),
     Proxy(ProxyError),
 }
@@ -525,19 +528,28 @@ async fn send(
             }
         };
         match read {
-            Ok(0) => {
+            Ok(0) if got_any => {
                 return Err(Failure::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    if got_any {
-                        "connection closed in the middle of the response head"
-                    } else {
-                        "connection closed before a response"
-                    },
+                    "connection closed in the middle of the response head",
+                )));
+            }
+            Ok(0) => {
+                return Err(Failure::Closed(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before a response",
                 )));
             }
             Ok(_) => got_any = true,
             Err(e) if got_any => return Err(Failure::Io(e)),
-            Err(e) => return Err(never_read(e)),
+            Err(e) => {
+                return Err(match e.kind() {
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+                        Failure::NeverRead(e)
+                    }
+                    _ => Failure::Closed(e),
+                });
+            }
         }
     }
 }

@@ -5,12 +5,10 @@
 //! (or the same one after a short wait) without having touched the body; a pooled
 //! connection that died before the request was written gives the request back
 //! (`try_send_request`) and the request goes out on a fresh connection. Once bytes have
-//! been written the request is retried only in one case: an idempotent request with no
-//! body whose connection was *reset* before any response came, which means the app never
-//! read it (it was just killed: even a fresh connection can be accepted by its dying
-//! socket and then reset; or it had closed an idle keep-alive connection), at most
-//! [`MAX_REPLAYS`] times (RFC 9110 §9.2.2). A request the app read before closing the
-//! connection is never replayed: it may be what crashed it. The response timeout starts when the request body has been sent in
+//! been written, whether the request is sent again is the shared replay rule
+//! ([`Attempts::broke`]): only an idempotent request with no body, only when its
+//! connection broke before any response (reset: again on any instance; closed: once, on
+//! another instance). The response timeout starts when the request body has been sent in
 //! full, so slow uploads are not cut off.
 
 use std::future::Future;
@@ -31,16 +29,12 @@ use crate::proxy::body::{BodyEnd, Completion, RequestBody, ResponseBody};
 use crate::proxy::deadline::HeadMark;
 use crate::proxy::error::{self, Fault, ProxyError};
 use crate::proxy::headers;
-use crate::proxy::hold::Attempts;
+use crate::proxy::hold::{Attempts, Broke, Replay};
 use crate::proxy::pool::{self, Upstream};
 use crate::proxy::tunnel;
 
 /// How many times a request given back unsent is re-sent before giving up.
 const MAX_UNSENT_RETRIES: u32 = 3;
-
-/// How many times an idempotent request with no body is sent again after its connection
-/// broke before a response.
-pub(crate) const MAX_REPLAYS: u32 = 3;
 
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
@@ -172,12 +166,21 @@ async fn exchange(
 ) -> Result<Exchange, ProxyError> {
     let cfg = &shared.cfg;
     let mut attempts = Attempts::new(shared, start);
+    let replay = Replay::of(req.method(), body_end.is_some());
+    // What it takes to send the request again, kept only where a replay is allowed.
+    let kept = (replay == Replay::Allowed).then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.version(),
+            req.headers().clone(),
+        )
+    });
     let mut unsent = 0;
-    let mut replays = 0;
+    let mut fresh = upgrade;
     loop {
         let guard = attempts.pick().await?;
         let backend = guard.backend();
-        let fresh = unsent > 0 || upgrade;
         let mut conn = match checkout(backend, fresh, cfg.connect_timeout).await {
             Ok(conn) => conn,
             Err(e) => {
@@ -189,16 +192,6 @@ async fn exchange(
         if upgrade {
             conn.spawn_with_upgrades();
         }
-        // What it takes to send the request again, kept only where a replay is allowed.
-        let replay = (replays < MAX_REPLAYS && body_end.is_none() && idempotent(req.method()))
-            .then(|| {
-                (
-                    req.method().clone(),
-                    req.uri().clone(),
-                    req.version(),
-                    req.headers().clone(),
-                )
-            });
         match send(&mut conn, req, &mut body_end, cfg.response_timeout, addr).await {
             Ok(response) => {
                 return Ok(Exchange {
@@ -209,6 +202,7 @@ async fn exchange(
             }
             Err(SendError::Unsent(back, source)) => {
                 unsent += 1;
+                fresh = true;
                 if unsent > MAX_UNSENT_RETRIES {
                     shared
                         .metrics
@@ -218,59 +212,50 @@ async fn exchange(
                 req = *back;
             }
             Err(SendError::Failed(e)) => {
-                shared.metrics.upstream_failed(&e);
-                match (e, replay) {
-                    (
-                        ProxyError::Upstream { source, .. },
-                        Some((method, uri, version, headers)),
-                    ) if never_read(&source) => {
-                        tracing::debug!(app = %shared.app, backend = %backend.id, "connection broke before a response; sending again on a fresh one");
-                        replays += 1;
-                        unsent += 1; // forces a fresh connection
-                        let mut again = Request::new(RequestBody::empty());
-                        *again.method_mut() = method;
-                        *again.uri_mut() = uri;
-                        *again.version_mut() = version;
-                        *again.headers_mut() = headers;
-                        req = again;
-                    }
-                    (e, _) => return Err(e),
-                }
+                let how = match &e {
+                    ProxyError::Upstream { source, .. } => broke(source),
+                    _ => None,
+                };
+                let Some(how) = how else {
+                    shared.metrics.upstream_failed(&e);
+                    return Err(e);
+                };
+                attempts.broke(backend.id, addr, how, &replay, e).await?;
+                fresh = true;
+                let Some((method, uri, version, headers)) = kept.clone() else {
+                    return Err(ProxyError::Internal {
+                        what: "a request that may not be replayed was about to be",
+                    });
+                };
+                let mut again = Request::new(RequestBody::empty());
+                *again.method_mut() = method;
+                *again.uri_mut() = uri;
+                *again.version_mut() = version;
+                *again.headers_mut() = headers;
+                req = again;
             }
         }
     }
 }
 
-/// True when the connection was reset or the write hit a closed socket: the kernel answers
-/// so when the app never read the request (it was killed, or had closed the idle
-/// connection), so sending it again cannot repeat its effect. A clean close is different:
-/// the app read the request and then died or hung up, so replaying it could crash the next
-/// instance too (a "query of death"); that request fails with a 502.
-fn never_read(e: &hyper::Error) -> bool {
+/// How an exchange that failed with `e` broke, if it broke before any response: reset or
+/// a write into a closed socket (the kernel answers so when the app never read the
+/// request), or the connection closed with no answer (the app may have read it).
+fn broke(e: &hyper::Error) -> Option<Broke> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            );
+            return Some(match io.kind() {
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+                    Broke::Unread
+                }
+                _ => Broke::MaybeRead,
+            });
         }
         source = err.source();
     }
-    false
-}
-
-/// Methods a client may safely have sent twice (RFC 9110 §9.2.2).
-fn idempotent(m: &http::Method) -> bool {
-    matches!(
-        *m,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::TRACE
-            | http::Method::PUT
-            | http::Method::DELETE
-    )
+    // hyper's "connection closed before message completed": no byte of a response.
+    e.is_incomplete_message().then_some(Broke::MaybeRead)
 }
 
 /// An idle pooled connection (unless `fresh`), or a new one.

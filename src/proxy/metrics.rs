@@ -76,6 +76,7 @@ pub(crate) struct Metrics {
     internal_errors: AtomicU64,
     upgraded_open: AtomicUsize,
     upgrades_total: AtomicU64,
+    poison_requests: AtomicU64,
 }
 
 impl Metrics {
@@ -129,6 +130,11 @@ impl Metrics {
         self.upgraded_open.fetch_sub(1, Relaxed);
     }
 
+    /// A request whose replay also ended with its instance gone (a likely query of death).
+    pub(crate) fn poison_request(&self) {
+        self.poison_requests.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn snapshot(&self, app: &str, backends: Vec<BackendStatus>) -> MetricsSnapshot {
         let load = |a: &AtomicU64| a.load(Relaxed);
         let errors: [u64; 5] = std::array::from_fn(|i| load(&self.upstream_errors[i]));
@@ -153,6 +159,7 @@ impl Metrics {
             internal_errors: load(&self.internal_errors),
             upgraded_open: self.upgraded_open.load(Relaxed),
             upgrades_total: load(&self.upgrades_total),
+            poison_requests: load(&self.poison_requests),
             backends,
         }
     }
@@ -193,6 +200,9 @@ pub struct MetricsSnapshot {
     pub upgraded_open: usize,
     /// Upgraded connections opened since start.
     pub upgrades_total: u64,
+    /// Requests whose replay on a second instance also ended with that instance closing
+    /// the connection before answering: answered 502 and not sent a third time.
+    pub poison_requests: u64,
     /// One row per registered instance.
     pub backends: Vec<BackendStatus>,
 }

@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 pub use crate::proxy::backend::BackendId;
 pub use crate::proxy::config::{IpRange, ProxyConfig};
 pub use crate::proxy::drain::DrainReport;
-pub use crate::proxy::error::{Fault, ProxyError};
+pub use crate::proxy::error::{Fault, NotReplayed, ProxyError};
 pub use crate::proxy::limit::ConnectionStats;
 pub use crate::proxy::metrics::{
     BackendStatus, LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, UpstreamCause, UpstreamErrors,
@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) note_budget: crate::proxy::error::NoteBudget,
     /// The open client connections and their cap (`max_connections`).
     pub(crate) limit: Arc<Limit>,
+    /// The app-wide part of the replay rule (one replay at a time, the poison pause).
+    pub(crate) replays: crate::proxy::hold::ReplayGuard,
 }
 
 /// Writes one line into the app's log (stream `windlass`).
@@ -98,6 +100,7 @@ impl AppProxy {
                 notes: std::sync::OnceLock::new(),
                 note_budget: crate::proxy::error::NoteBudget::new(),
                 limit,
+                replays: crate::proxy::hold::ReplayGuard::new(),
             }),
         }
     }

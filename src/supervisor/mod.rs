@@ -720,6 +720,7 @@ fn proxy_config(app: &AppConfig, budget: usize) -> ProxyConfig {
         header_timeout: app.proxy.header_timeout,
         body_timeout: app.proxy.body_timeout,
         trusted_proxies: app.proxy.trusted_proxies.clone(),
+        instances: app.instances,
         ..ProxyConfig::default()
     }
 }

@@ -21,4 +21,5 @@ mod observe;
 mod output;
 mod proxy;
 mod reload;
+mod replay;
 mod supervise;

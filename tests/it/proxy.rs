@@ -1083,7 +1083,7 @@ async fn plain_path_body_ended_by_the_app_closing_ends_the_client_connection() {
 }
 
 #[tokio::test]
-async fn plain_path_sends_a_reset_request_again_but_never_one_the_app_read() {
+async fn plain_path_sends_a_reset_request_again_but_not_one_a_single_instance_read() {
     // Reset before reading: sent again on a fresh connection, the client sees nothing.
     let (up, stats) = scripted_upstream(vec![
         vec![Act::Reset],
@@ -1095,7 +1095,8 @@ async fn plain_path_sends_a_reset_request_again_but_never_one_the_app_read() {
     assert_eq!(stats.accepted.load(SeqCst), 2);
     assert_eq!(proxy.metrics().upstream_errors.reset, 1);
 
-    // Read, then a clean close without an answer: maybe a query of death; a 502.
+    // Read, then a clean close without an answer, by the app's only instance: maybe a
+    // query of death, and the only other instance is its restart; a 502.
     let (up, stats) = scripted_upstream(vec![
         vec![Act::Hangup],
         vec![Act::Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nz")],
@@ -1107,6 +1108,7 @@ async fn plain_path_sends_a_reset_request_again_but_never_one_the_app_read() {
     assert!(body.contains("did not answer"), "{body}");
     assert_eq!(stats.accepted.load(SeqCst), 1, "not sent again");
     assert_eq!(proxy.metrics().upstream_errors.reset, 1);
+    assert_eq!(proxy.metrics().poison_requests, 0);
 }
 
 #[tokio::test]
@@ -1901,4 +1903,149 @@ fn a_stalled_upload_does_not_hold_a_reload() {
         .expect("the proxy closes the stalled upload");
     let got = String::from_utf8_lossy(&got);
     assert!(got.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{got}");
+}
+
+// ---------------------------------------------------------------- replays (issue 18)
+
+/// Two instances sharing one count of request heads read: the first `deaths` requests
+/// read (over both) are answered by closing the connection cleanly after reading the whole
+/// request (an instance that died while handling it), the rest with `200 ok`. Returns the
+/// addresses and the requests each instance read.
+async fn dying_pair(deaths: usize) -> ([SocketAddr; 2], Arc<[AtomicUsize; 2]>) {
+    let read = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let total = Arc::new(AtomicUsize::new(0));
+    let mut addrs = Vec::new();
+    for i in 0..2 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        addrs.push(listener.local_addr().expect("addr"));
+        let (read, total) = (Arc::clone(&read), Arc::clone(&total));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (read, total) = (Arc::clone(&read), Arc::clone(&total));
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    loop {
+                        let mut buf = [0u8; 4096];
+                        let end = loop {
+                            if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&pending[..end]).to_lowercase();
+                        let body: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while pending.len() < end + body {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        pending.drain(..end + body);
+                        read[i].fetch_add(1, SeqCst);
+                        if total.fetch_add(1, SeqCst) < deaths {
+                            // Everything was read: the kernel closes with a FIN, not a reset.
+                            let _ = s.shutdown().await;
+                            return;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    ([addrs[0], addrs[1]], read)
+}
+
+async fn proxy_to_pair(addrs: [SocketAddr; 2]) -> (AppProxy, SocketAddr) {
+    let (proxy, addr) = start_proxy(ProxyConfig {
+        instances: 2,
+        ..quick_cfg()
+    })
+    .await;
+    for up in addrs {
+        let id = proxy.add_backend(up);
+        assert!(proxy.set_ready(id, true));
+    }
+    (proxy, addr)
+}
+
+/// `GET` takes the plain path, a bodiless `PUT` the full one: both follow the same rule.
+const BOTH_PATHS: [&str; 2] = ["GET", "PUT"];
+
+#[tokio::test]
+async fn a_request_the_app_read_before_dying_is_sent_once_to_the_other_instance() {
+    for method in BOTH_PATHS {
+        let (ups, read) = dying_pair(1).await;
+        let (proxy, addr) = proxy_to_pair(ups).await;
+        let (status, _, body) = request(&mut client(addr).await, method, "/x").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"), "{method}");
+        assert_eq!(
+            [read[0].load(SeqCst), read[1].load(SeqCst)],
+            [1, 1],
+            "{method}: read once by each instance"
+        );
+        assert_eq!(proxy.metrics().poison_requests, 0, "{method}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_whose_replay_also_dies_is_a_poison_502_and_not_sent_a_third_time() {
+    for method in BOTH_PATHS {
+        let (ups, read) = dying_pair(usize::MAX).await;
+        let (proxy, addr) = proxy_to_pair(ups).await;
+        let (status, headers, body) = request(&mut client(addr).await, method, "/die").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{method}: {body}");
+        assert!(headers.contains_key("x-request-id"), "{method}");
+        assert!(
+            body.contains("it was not retried again: its retry stopped another instance"),
+            "{method}: {body}"
+        );
+        assert_eq!(
+            [read[0].load(SeqCst), read[1].load(SeqCst)],
+            [1, 1],
+            "{method}: each instance read it once, no third time"
+        );
+        assert_eq!(proxy.metrics().poison_requests, 1, "{method}");
+        // A second one is stopped the same way; then replays keep killing instances, and
+        // the app's replays stop for a while: the third is read once, not replayed.
+        let (status, _, _) = request(&mut client(addr).await, method, "/die").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{method}");
+        assert_eq!(proxy.metrics().poison_requests, 2, "{method}");
+        let (status, _, body) = request(&mut client(addr).await, method, "/x").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{method}");
+        assert!(
+            body.contains("not retried: retried requests have been stopping instances"),
+            "{method}: {body}"
+        );
+        assert_eq!(read[0].load(SeqCst) + read[1].load(SeqCst), 5, "{method}");
+        assert_eq!(proxy.metrics().poison_requests, 2, "{method}");
+    }
+}
+
+#[tokio::test]
+async fn a_post_whose_instance_died_after_reading_it_is_not_sent_again() {
+    let (ups, read) = dying_pair(1).await;
+    let (proxy, addr) = proxy_to_pair(ups).await;
+    let req = Request::post("/orders")
+        .header("host", "example.test")
+        .body(Full::new(Bytes::from_static(b"{\"n\":1}")).boxed())
+        .expect("request");
+    let (status, _, body) = send(&mut client(addr).await, req).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        body.contains("not retried: a POST may not be sent twice"),
+        "{body}"
+    );
+    assert_eq!(read[0].load(SeqCst) + read[1].load(SeqCst), 1, "read once");
+    assert_eq!(proxy.metrics().poison_requests, 0);
 }
