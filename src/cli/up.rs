@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::Method;
@@ -13,7 +14,7 @@ use super::output::{self, paint};
 use super::{CliError, Result, exit, load_config};
 use crate::control::client::Client;
 use crate::daemon::{self, Paths};
-use crate::protocol::{State, Status, Stream};
+use crate::protocol::{LogLine, State, Status, Stream};
 use crate::supervisor::guardian::Guardian;
 use crate::supervisor::{Options, Supervisor};
 
@@ -56,15 +57,22 @@ pub async fn run(args: Args, guardian: Option<Guardian>) -> Result {
     if args.detach {
         return detach(&args, &config).await;
     }
-    let printer: Option<daemon::OnStarted> = if args.detached_child {
-        None
+    // The printer subscribes before any app starts: an app that prints and exits at once
+    // still has its lines on the terminal.
+    let (tap, printer): (_, Option<daemon::OnStarted>) = if args.detached_child {
+        (None, None)
     } else {
-        Some(Box::new(|sup: &Supervisor| spawn_printer(sup)))
+        let (tap, rx) = crate::supervisor::log_tap();
+        (
+            Some(tap),
+            Some(Box::new(move |sup: &Supervisor| spawn_printer(sup, rx))),
+        )
     };
     let opts = Options {
         only: args.apps.clone(),
         guardian,
         admin: None,
+        tap,
     };
     daemon::run(config, opts, printer).await?;
     Ok(exit::OK)
@@ -73,8 +81,7 @@ pub async fn run(args: Args, guardian: Option<Guardian>) -> Result {
 /// Prints every log line with a `app.N |` prefix: coloured on a terminal, plain otherwise
 /// (journald-friendly). A slow terminal never slows the apps: this reader may fall behind,
 /// and then says how many lines it skipped (they are all in the log files).
-fn spawn_printer(sup: &Supervisor) {
-    let mut rx = sup.subscribe_logs();
+fn spawn_printer(sup: &Supervisor, mut rx: tokio::sync::broadcast::Receiver<Arc<LogLine>>) {
     let color = output::color_stdout();
     let names = sup.app_names().join(", ");
     let dashboard = sup

@@ -85,6 +85,14 @@ pub struct Options {
     pub guardian: Option<Guardian>,
     /// Where the admin listener (metrics, dashboard) was bound, for `status`.
     pub admin: Option<std::net::SocketAddr>,
+    /// The log broadcast, made by [`log_tap`] when the caller must see every line from the
+    /// first one (the foreground printer subscribes before any instance starts).
+    pub tap: Option<Tap>,
+}
+
+/// A log broadcast and a receiver subscribed before anything is written to it.
+pub fn log_tap() -> (Tap, broadcast::Receiver<Arc<LogLine>>) {
+    broadcast::channel(16 * 1024)
 }
 
 /// Cheap to clone; every clone drives the same supervisor.
@@ -174,7 +182,7 @@ impl Supervisor {
             path: log_dir.clone(),
             source: e,
         })?;
-        let (tap, _) = broadcast::channel(16 * 1024);
+        let tap = opts.tap.clone().unwrap_or_else(|| log_tap().0);
         let (force, _) = watch::channel(false);
         let changed = Arc::new(watch::channel(0u64).0);
         let guardian = opts.guardian.map(Arc::new);
