@@ -1296,7 +1296,7 @@ async fn a_client_that_stops_reading_does_not_hold_the_instance() {
 // ---------------------------------------------------------------- issue 10: request-level hardening
 
 /// The forwarding headers a client may try to spoof, with the values it claims.
-const SPOOFED: [(&str, &str); 9] = [
+const SPOOFED: [(&str, &str); 19] = [
     (
         "forwarded",
         "for=203.0.113.66;proto=https;host=evil.example",
@@ -1309,6 +1309,16 @@ const SPOOFED: [(&str, &str); 9] = [
     ("x-forwarded-server", "evil.example"),
     ("x-real-ip", "203.0.113.66"),
     ("x_forwarded_proto", "https"),
+    ("client-ip", "203.0.113.66"),
+    ("true-client-ip", "203.0.113.66"),
+    ("cf-connecting-ip", "203.0.113.66"),
+    ("x-client-ip", "203.0.113.66"),
+    ("x-cluster-client-ip", "203.0.113.66"),
+    ("fastly-client-ip", "203.0.113.66"),
+    ("x-original-forwarded-for", "203.0.113.66"),
+    ("x-originating-ip", "203.0.113.66"),
+    ("x-remote-ip", "203.0.113.66"),
+    ("x-remote-addr", "203.0.113.66"),
 ];
 
 #[tokio::test]
@@ -1352,6 +1362,8 @@ async fn untrusted_clients_cannot_spoof_forwarding_headers_on_either_path() {
                     "x-forwarded-prefix: /admin",
                     "x-real-ip: 203.0.113.66",
                     "x-forwarded-for: 203.0.113.66, 203.0.113.66, 127.0.0.1",
+                    "true-client-ip: 203.0.113.66",
+                    "cf-connecting-ip: 203.0.113.66",
                 ] {
                     assert!(lines.contains(&want), "missing {want:?}; {ctx}");
                 }
