@@ -59,7 +59,7 @@ impl Hold {
             let wake = if tried.is_empty() {
                 self.deadline
             } else {
-                (now + self.backoff).min(self.deadline)
+                after(now, self.backoff).min(self.deadline)
             };
             tokio::select! {
                 changed = changes.changed() => {
@@ -87,12 +87,19 @@ pub(crate) struct Attempts<'a> {
     last_connect_error: Option<ProxyError>,
 }
 
+/// `at + d`, saturating (about 30 years on) instead of panicking on a huge `d`.
+fn after(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(at)
+}
+
 impl<'a> Attempts<'a> {
     /// A search for a request that arrived at `start`.
     pub(crate) fn new(shared: &'a Shared, start: Instant) -> Attempts<'a> {
         Attempts {
             shared,
-            hold: Hold::new(start + shared.cfg.hold),
+            hold: Hold::new(after(start, shared.cfg.hold)),
             tried: Vec::new(),
             last_connect_error: None,
         }

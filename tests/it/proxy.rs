@@ -547,6 +547,23 @@ async fn held_request_succeeds_once_a_backend_becomes_ready() {
     assert_eq!(held.await.expect("task"), (StatusCode::OK, "a".into()));
 }
 
+/// The library takes any `Duration` (validation caps the config's): the longest hold
+/// saturates instead of overflowing the deadline.
+#[tokio::test]
+async fn the_longest_hold_does_not_overflow() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(ProxyConfig {
+        hold: Duration::MAX,
+        ..quick_cfg()
+    })
+    .await;
+    let id = proxy.add_backend(up.addr);
+    let held = tokio::spawn(get_once(addr, "/"));
+    wait_until("request is held", || proxy.metrics().in_flight == 1).await;
+    proxy.set_ready(id, true);
+    assert_eq!(held.await.expect("task"), (StatusCode::OK, "a".into()));
+}
+
 #[tokio::test]
 async fn hold_timeout_answers_503_with_a_clear_page() {
     let (proxy, addr) = start_proxy(ProxyConfig {
