@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::proxy::Shared;
 use crate::proxy::backend::{BackendId, InFlight};
+use crate::proxy::deadline::instant_after as after;
 use crate::proxy::error::ProxyError;
 use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::router::Router;
@@ -85,13 +86,6 @@ pub(crate) struct Attempts<'a> {
     hold: Hold,
     tried: Vec<BackendId>,
     last_connect_error: Option<ProxyError>,
-}
-
-/// `at + d`, saturating (about 30 years on) instead of panicking on a huge `d`.
-fn after(at: Instant, d: Duration) -> Instant {
-    at.checked_add(d)
-        .or_else(|| at.checked_add(Duration::from_secs(30 * 365 * 86_400)))
-        .unwrap_or(at)
 }
 
 impl<'a> Attempts<'a> {

@@ -565,6 +565,17 @@ async fn the_longest_hold_does_not_overflow() {
 }
 
 #[tokio::test]
+async fn the_longest_drain_does_not_overflow() {
+    let up = Upstream::start("a").await;
+    let (proxy, _addr) = start_proxy(quick_cfg()).await;
+    let id = add_ready(&proxy, &up);
+    let report = tokio::time::timeout(DEADLINE, proxy.drain(id, Duration::MAX))
+        .await
+        .expect("an idle backend drains at once");
+    assert!(!report.timed_out, "{report:?}");
+}
+
+#[tokio::test]
 async fn hold_timeout_answers_503_with_a_clear_page() {
     let (proxy, addr) = start_proxy(ProxyConfig {
         hold: Duration::from_millis(100),
