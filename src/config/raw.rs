@@ -194,6 +194,13 @@ impl<'de> Deserialize<'de> for EnvValue {
                 f.write_str("a string, number or boolean")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
+                if v.contains('\0') {
+                    // The OS cannot pass it (the app would never start); the value may be
+                    // a secret, so it is not quoted.
+                    return Err(E::custom(
+                        "an environment value cannot hold a NUL byte (`\\u0000`): remove it",
+                    ));
+                }
                 Ok(EnvValue(v.to_owned()))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {

@@ -308,3 +308,44 @@ fn a_malformed_env_file_line_is_named_without_its_secret() {
         assert!(!String::from_utf8_lossy(&o.stdout).contains("TOPSECRET"));
     }
 }
+
+/// A NUL byte cannot reach a program's argv or environment: `check` refuses it at its
+/// position (the app would otherwise fail every start), without quoting an env value.
+#[test]
+fn a_nul_byte_in_command_or_env_is_refused_where_it_is() {
+    let p = Project::empty();
+    for (text, at) in [
+        (
+            "[app.web]\ncommand = [\"sleep\", \"1\\u0000000\"]\n",
+            "windlass.toml:2:11",
+        ),
+        (
+            "[app.web]\ncommand = \"sleep 1\\u0000\"\n",
+            "windlass.toml:2:11",
+        ),
+        (
+            "[app.web]\ncommand = \"sleep 1000\"\nenv = { KEY = \"sk_live_TOPSECRET\\u0000\" }\n",
+            "windlass.toml:3:15",
+        ),
+    ] {
+        p.write("windlass.toml", text);
+        let o = p.run(&["check"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{text}\n{err}");
+        assert!(err.contains(at) && err.contains("NUL"), "{text}\n{err}");
+        // The message does not quote the value (the snippet below it shows the config's
+        // own line, as for every config error).
+        let message = err.lines().next().unwrap_or("");
+        assert!(!message.contains("TOPSECRET"), "{err}");
+    }
+    p.write(
+        "windlass.toml",
+        "[app.web]\ncommand = \"sleep 1000\"\nenv_file = \".env\"\n",
+    );
+    p.write(".env", "A=1\nKEY=sk_live_TOPSECRET\0\n");
+    let o = p.run(&["check"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(".env:2:") && err.contains("NUL"), "{err}");
+    assert!(!err.contains("TOPSECRET"), "{err}");
+}
