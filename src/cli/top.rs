@@ -25,7 +25,7 @@ use crate::protocol::Status;
   windlass top --count 10 | tee top.log")]
 pub struct Args {
     /// Time between frames.
-    #[arg(long, default_value = "2s", value_parser = crate::config::raw::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::config::raw::parse_positive_duration)]
     pub interval: Duration,
     /// Print one frame and exit.
     #[arg(long)]

@@ -81,6 +81,15 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
             // Unquoted: an inline comment starts at ` #`.
             _ => v.split(" #").next().unwrap_or("").trim_end().to_owned(),
         };
+        if v.contains('\0') {
+            // The OS cannot pass it: the app would never start.
+            return Err((
+                i + 1,
+                format!(
+                    "the value of `{k}` holds a NUL byte, which an environment variable cannot carry"
+                ),
+            ));
+        }
         out.retain(|(ek, _)| ek != k);
         out.push((k.to_owned(), v));
     }

@@ -11,6 +11,10 @@
 //! [`MAX_SIZE`] (1 TiB), and a count of files kept at most [`MAX_KEEP`]. A new key gets the
 //! general cap by using [`Dur`] or [`ByteSize`]; [`cap_duration`] and [`cap_size`] are the
 //! one place the rule and its message live. The limits are listed in docs/configuration.md.
+//!
+//! A timeout or interval where zero is nonsense (every request, check or start would time
+//! out at once, or a crashing app would be restarted without a pause) is a `Dur<CAP, true>`:
+//! it must be at least [`MIN_POSITIVE`] (1ms).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -93,9 +97,9 @@ pub struct RawLogs {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackoff {
-    pub initial: Option<Dur<HOUR>>,
-    pub max: Option<Dur<DAY>>,
-    pub reset_after: Option<Dur<DAY>>,
+    pub initial: Option<Dur<HOUR, true>>,
+    pub max: Option<Dur<DAY, true>>,
+    pub reset_after: Option<Dur<DAY, true>>,
     pub crashloop_after: Option<u32>,
 }
 
@@ -110,11 +114,11 @@ pub struct RawStop {
 #[serde(deny_unknown_fields)]
 pub struct RawProxy {
     pub hold: Option<Dur<HOUR>>,
-    pub connect_timeout: Option<Dur<HOUR>>,
-    pub response_timeout: Option<Dur<DAY>>,
-    pub idle_timeout: Option<Dur<DAY>>,
-    pub header_timeout: Option<Dur<HOUR>>,
-    pub body_timeout: Option<Dur<DAY>>,
+    pub connect_timeout: Option<Dur<HOUR, true>>,
+    pub response_timeout: Option<Dur<DAY, true>>,
+    pub idle_timeout: Option<Dur<DAY, true>>,
+    pub header_timeout: Option<Dur<HOUR, true>>,
+    pub body_timeout: Option<Dur<DAY, true>>,
     /// Client connections open at once (default derived from the open-files limit).
     pub max_connections: Option<Spanned<u64>>,
     /// IP addresses or CIDR ranges, checked (with their positions) by validation.
@@ -125,9 +129,9 @@ pub struct RawProxy {
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
     pub path: Option<String>,
-    pub interval: Option<Dur<HOUR>>,
-    pub timeout: Option<Dur<HOUR>>,
-    pub start_timeout: Option<Dur<DAY>>,
+    pub interval: Option<Dur<HOUR, true>>,
+    pub timeout: Option<Dur<HOUR, true>>,
+    pub start_timeout: Option<Dur<DAY, true>>,
 }
 
 /// `restart = "always" | "on-failure" | "never"`.
@@ -192,6 +196,13 @@ impl<'de> Deserialize<'de> for EnvValue {
                 f.write_str("a string, number or boolean")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
+                if v.contains('\0') {
+                    // The OS cannot pass it (the app would never start); the value may be
+                    // a secret, so it is not quoted.
+                    return Err(E::custom(
+                        "an environment value cannot hold a NUL byte (`\\u0000`): remove it",
+                    ));
+                }
                 Ok(EnvValue(v.to_owned()))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
@@ -262,16 +273,39 @@ pub fn cap_size(n: u64, max: u64, written: &str) -> Result<u64, String> {
     Ok(n)
 }
 
-/// A duration written like `500ms`, `10s`, `2m`, `1h 30m`, at most `MAX_SECS` seconds
-/// (by default [`YEAR`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur<const MAX_SECS: u64 = YEAR>(pub Duration);
+/// The shortest a `Dur<_, true>` may be.
+pub const MIN_POSITIVE: Duration = Duration::from_millis(1);
 
-impl<'de, const MAX_SECS: u64> Deserialize<'de> for Dur<MAX_SECS> {
+/// The rule of the timeouts where zero is nonsense: `d` (written `written`) is at least
+/// [`MIN_POSITIVE`].
+pub fn floor_duration(d: Duration, written: &str) -> Result<Duration, String> {
+    if d < MIN_POSITIVE {
+        return Err(format!(
+            "duration `{}` is too short: zero would time out (or repeat) at once; write at least 1ms, \
+             like `10s`, or leave the key out for its default",
+            written.trim()
+        ));
+    }
+    Ok(d)
+}
+
+/// A duration written like `500ms`, `10s`, `2m`, `1h 30m`, at most `MAX_SECS` seconds
+/// (by default [`YEAR`]); with `POSITIVE`, at least [`MIN_POSITIVE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur<const MAX_SECS: u64 = YEAR, const POSITIVE: bool = false>(pub Duration);
+
+impl<'de, const MAX_SECS: u64, const POSITIVE: bool> Deserialize<'de> for Dur<MAX_SECS, POSITIVE> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         parse_uncapped(&s)
             .and_then(|d| cap_duration(d, MAX_SECS.min(YEAR), &s))
+            .and_then(|d| {
+                if POSITIVE {
+                    floor_duration(d, &s)
+                } else {
+                    Ok(d)
+                }
+            })
             .map(Dur)
             .map_err(de::Error::custom)
     }
@@ -281,6 +315,11 @@ impl<'de, const MAX_SECS: u64> Deserialize<'de> for Dur<MAX_SECS> {
 /// Longer than [`YEAR`] is refused too, so no caller can overflow an `Instant` with it.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     cap_duration(parse_uncapped(s)?, YEAR, s)
+}
+
+/// [`parse_duration`], at least [`MIN_POSITIVE`] (an interval where zero would spin).
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    floor_duration(parse_duration(s)?, s)
 }
 
 fn parse_uncapped(s: &str) -> Result<Duration, String> {

@@ -145,16 +145,16 @@ fn resolve_app(
         }
         Some(cmd) => {
             let cspan = cmd.span();
-            match (cmd.get_ref(), shell) {
+            let argv = match (cmd.get_ref(), shell) {
                 (RawCommand::Line(line), true) => {
                     if line.trim().is_empty() {
-                        cx.error(Some(cspan), "`command` is empty", None);
+                        cx.error(Some(cspan.clone()), "`command` is empty", None);
                     }
                     vec!["/bin/sh".into(), "-c".into(), line.clone()]
                 }
                 (RawCommand::Argv(_), true) => {
                     cx.error(
-                        Some(cspan),
+                        Some(cspan.clone()),
                         "`shell = true` needs `command` as one string",
                         Some("write the command line as a string, e.g. command = \"./run.sh | tee out.log\"".into()),
                     );
@@ -163,12 +163,12 @@ fn resolve_app(
                 (RawCommand::Line(line), false) => match shlex::split(line) {
                     Some(v) if !v.is_empty() => v,
                     Some(_) => {
-                        cx.error(Some(cspan), "`command` is empty", None);
+                        cx.error(Some(cspan.clone()), "`command` is empty", None);
                         Vec::new()
                     }
                     None => {
                         cx.error(
-                            Some(cspan),
+                            Some(cspan.clone()),
                             "`command` has an unterminated quote or a trailing backslash",
                             Some(
                                 "write it as an argv array, e.g. [\"python3\", \"app.py\"]".into(),
@@ -179,11 +179,19 @@ fn resolve_app(
                 },
                 (RawCommand::Argv(v), false) => {
                     if v.is_empty() || v[0].is_empty() {
-                        cx.error(Some(cspan), "`command` is empty", None);
+                        cx.error(Some(cspan.clone()), "`command` is empty", None);
                     }
                     v.clone()
                 }
+            };
+            if argv.iter().any(|a| a.contains('\0')) {
+                cx.error(
+                    Some(cspan),
+                    "`command` holds a NUL byte (`\\u0000`), which no program argument can carry",
+                    Some("remove it".into()),
+                );
             }
+            argv
         }
     };
 

@@ -18,6 +18,14 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+/// `at + d`, saturating (about 30 years on) instead of panicking on a huge `d`: the
+/// library takes any `Duration`, validation only caps the config's.
+pub(crate) fn instant_after(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(at)
+}
+
 /// A deadline kept by one timer per connection: moving it forward only touches the
 /// timer when it would move by more than a sixteenth of the timeout (at most 1 s), so a
 /// busy connection costs no timer work per request. The deadline can therefore fire up

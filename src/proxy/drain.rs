@@ -60,7 +60,12 @@ pub(crate) async fn wait(backend: Arc<Backend>, deadline: Duration) -> DrainRepo
     let start = Instant::now();
     let in_flight_at_start = backend.in_flight();
     let upgraded_at_start = backend.upgraded();
-    let idle = backend.wait_until(start + deadline, Backend::is_idle).await;
+    let idle = backend
+        .wait_until(
+            crate::proxy::deadline::instant_after(start, deadline),
+            Backend::is_idle,
+        )
+        .await;
     let mut closed_upgraded = 0;
     if !idle {
         closed_upgraded = backend.upgraded();

@@ -6,7 +6,10 @@
 //!
 //! The forwarding rule ([`Forwarding`], the one both request paths apply): the headers
 //! through which a proxy tells the app about the original client (`Forwarded` (RFC 7239),
-//! every `X-Forwarded-*` header, `X-Real-IP`; any case, and `_` counts as `-` since
+//! every `X-Forwarded-*` header, `X-Real-IP`, and the client-address headers of CDNs and
+//! other proxies: `Client-IP`, `True-Client-IP`, `CF-Connecting-IP`, `X-Client-IP`,
+//! `X-Cluster-Client-IP`, `Fastly-Client-IP`, `X-Original-Forwarded-For`,
+//! `X-Originating-IP`, `X-Remote-IP`, `X-Remote-Addr`; any case, and `_` counts as `-` since
 //! CGI-style servers read `X_Forwarded_For` as `X-Forwarded-For`) are removed when the
 //! client is not one of `proxy.trusted_proxies`, whatever it claims; windlass then writes
 //! its own `X-Forwarded-For` (the client's address), `X-Forwarded-Proto: http`,
@@ -138,8 +141,24 @@ enum Kind {
     Other,
 }
 
-/// Which forwarding header `name` is, if it is one: `Forwarded`, `X-Real-IP` and every
-/// `X-Forwarded-*`, in any case, `_` counting as `-`.
+/// The other headers through which CDNs and proxies name the client, and which
+/// frameworks read (Rails' `RemoteIp`, Django and PHP helpers, Spring): lowercase.
+const CLIENT_IP: [&[u8]; 10] = [
+    b"client-ip",
+    b"true-client-ip",
+    b"cf-connecting-ip",
+    b"x-client-ip",
+    b"x-cluster-client-ip",
+    b"fastly-client-ip",
+    b"x-original-forwarded-for",
+    b"x-originating-ip",
+    b"x-remote-ip",
+    b"x-remote-addr",
+];
+
+/// Which forwarding header `name` is, if it is one: `Forwarded`, `X-Real-IP`, every
+/// `X-Forwarded-*` and the client-address headers of [`CLIENT_IP`], in any case, `_`
+/// counting as `-`.
 fn kind(name: &[u8]) -> Option<Kind> {
     let is = |want: &[u8], got: &[u8]| {
         want.len() == got.len()
@@ -165,7 +184,10 @@ fn kind(name: &[u8]) -> Option<Kind> {
             Kind::Other
         });
     }
-    if is(b"forwarded", name) || is(b"x-forwarded", name) {
+    if is(b"forwarded", name)
+        || is(b"x-forwarded", name)
+        || CLIENT_IP.iter().any(|want| is(want, name))
+    {
         Some(Kind::Other)
     } else if is(b"x-real-ip", name) {
         Some(Kind::RealIp)
@@ -425,6 +447,17 @@ mod tests {
             "X-Forwarded",
             "X-Real-IP",
             "x_real_ip",
+            "Client-IP",
+            "True-Client-IP",
+            "CF-Connecting-IP",
+            "X-Client-IP",
+            "X-Cluster-Client-IP",
+            "Fastly-Client-IP",
+            "fastly_client_ip",
+            "X-Original-Forwarded-For",
+            "X-Originating-IP",
+            "X-Remote-IP",
+            "X-Remote-Addr",
         ] {
             assert!(kind(name.as_bytes()).is_some(), "{name}");
         }
@@ -432,6 +465,8 @@ mod tests {
             "X-Forwarded-",
             "Forwarded-For",
             "X-Real-IPs",
+            "Client-IPs",
+            "X-Client",
             "Host",
             "X-Request-Id",
             "",
@@ -453,8 +488,12 @@ mod tests {
             state ^= state >> 27;
             state.wrapping_mul(0x2545_F491_4F6C_DD1D)
         };
-        const NAMES: [&str; 12] = [
+        const NAMES: [&str; 16] = [
             "forwarded",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "x-cluster-client-ip",
+            "client-ip",
             "x-forwarded-for",
             "x-forwarded-proto",
             "x-forwarded-host",

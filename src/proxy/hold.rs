@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::proxy::Shared;
 use crate::proxy::backend::{BackendId, InFlight};
+use crate::proxy::deadline::instant_after as after;
 use crate::proxy::error::{NotReplayed, ProxyError};
 use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::router::Router;
@@ -76,7 +77,7 @@ impl Hold {
             let wake = if tried.is_empty() {
                 self.deadline
             } else {
-                (now + self.backoff).min(self.deadline)
+                after(now, self.backoff).min(self.deadline)
             };
             tokio::select! {
                 changed = changes.changed() => {
@@ -198,7 +199,7 @@ pub(crate) struct Attempts<'a> {
 impl<'a> Attempts<'a> {
     /// A search for a request that arrived at `start`.
     pub(crate) fn new(shared: &'a Shared, start: Instant) -> Attempts<'a> {
-        let deadline = start + shared.cfg.hold;
+        let deadline = after(start, shared.cfg.hold);
         Attempts {
             shared,
             hold: Hold::new(deadline),

@@ -32,7 +32,7 @@ const TIB: u64 = 1 << 40;
 /// added later is checked too.
 fn cap(rest: &str) -> Option<&str> {
     rest.strip_prefix('<')
-        .map(|r| r.split('>').next().unwrap_or(""))
+        .map(|r| r.split(['>', ',']).next().unwrap_or(""))
 }
 
 fn capped_keys() -> Vec<Key> {
@@ -165,6 +165,81 @@ fn every_duration_and_size_is_capped_with_its_position_and_its_maximum() {
     );
 }
 
+/// The durations where zero is nonsense: every request, check or start would time out
+/// at once, or a crashing app would be restarted without a pause.
+const POSITIVE: [(&str, &str); 11] = [
+    ("RawBackoff", "initial"),
+    ("RawBackoff", "max"),
+    ("RawBackoff", "reset_after"),
+    ("RawProxy", "connect_timeout"),
+    ("RawProxy", "response_timeout"),
+    ("RawProxy", "idle_timeout"),
+    ("RawProxy", "header_timeout"),
+    ("RawProxy", "body_timeout"),
+    ("RawHealth", "interval"),
+    ("RawHealth", "timeout"),
+    ("RawHealth", "start_timeout"),
+];
+
+#[test]
+fn a_zero_duration_is_refused_where_it_is_nonsense_with_its_position() {
+    let p = Project::empty();
+    let keys = capped_keys();
+    for (table, name) in POSITIVE {
+        assert!(
+            keys.iter().any(|k| k.table == table && k.name == name),
+            "{table}.{name} is not a duration of raw.rs"
+        );
+    }
+    for key in keys
+        .iter()
+        .filter(|k| matches!(k.kind, Kind::Duration { .. }))
+    {
+        let positive = POSITIVE.contains(&(key.table.as_str(), key.name.as_str()));
+        for zero in ["0s", "0ms", "1ns"] {
+            let (text, column) = config_with(key, zero);
+            p.write("windlass.toml", &text);
+            let o = p.run(&["check"]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            if positive {
+                assert_eq!(o.status.code(), Some(2), "{key:?} = {zero}:\n{text}\n{err}");
+                assert!(
+                    err.contains(&format!("windlass.toml:4:{column}")),
+                    "{key:?}: {err}"
+                );
+                assert!(err.contains("at least 1ms"), "{key:?}: {err}");
+            } else {
+                // `proxy.hold = "0s"`: no holding; `stop.timeout = "0s"`: SIGKILL at once.
+                assert_eq!(o.status.code(), Some(0), "{key:?} = {zero}:\n{text}\n{err}");
+            }
+        }
+        if positive {
+            let (mut text, _) = config_with(key, "1ms");
+            if key.name == "max" {
+                // backoff.max may not be shorter than backoff.initial (100ms by default).
+                text.push_str("initial = \"1ms\"\n");
+            }
+            p.write("windlass.toml", &text);
+            let o = p.run(&["check"]);
+            assert_eq!(
+                o.status.code(),
+                Some(0),
+                "{key:?} = 1ms:\n{text}\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn top_refuses_a_zero_interval() {
+    let p = Project::new("[app.web]\ncommand = \"sleep 1000\"\n");
+    let o = p.run(&["top", "--interval", "0s", "--once"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("at least 1ms"), "{err}");
+}
+
 #[test]
 fn the_longest_durations_run_without_panicking() {
     let web = free_port();
@@ -232,4 +307,45 @@ fn a_malformed_env_file_line_is_named_without_its_secret() {
         let o = p.run(&["check", "--json"]);
         assert!(!String::from_utf8_lossy(&o.stdout).contains("TOPSECRET"));
     }
+}
+
+/// A NUL byte cannot reach a program's argv or environment: `check` refuses it at its
+/// position (the app would otherwise fail every start), without quoting an env value.
+#[test]
+fn a_nul_byte_in_command_or_env_is_refused_where_it_is() {
+    let p = Project::empty();
+    for (text, at) in [
+        (
+            "[app.web]\ncommand = [\"sleep\", \"1\\u0000000\"]\n",
+            "windlass.toml:2:11",
+        ),
+        (
+            "[app.web]\ncommand = \"sleep 1\\u0000\"\n",
+            "windlass.toml:2:11",
+        ),
+        (
+            "[app.web]\ncommand = \"sleep 1000\"\nenv = { KEY = \"sk_live_TOPSECRET\\u0000\" }\n",
+            "windlass.toml:3:15",
+        ),
+    ] {
+        p.write("windlass.toml", text);
+        let o = p.run(&["check"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{text}\n{err}");
+        assert!(err.contains(at) && err.contains("NUL"), "{text}\n{err}");
+        // The message does not quote the value (the snippet below it shows the config's
+        // own line, as for every config error).
+        let message = err.lines().next().unwrap_or("");
+        assert!(!message.contains("TOPSECRET"), "{err}");
+    }
+    p.write(
+        "windlass.toml",
+        "[app.web]\ncommand = \"sleep 1000\"\nenv_file = \".env\"\n",
+    );
+    p.write(".env", "A=1\nKEY=sk_live_TOPSECRET\0\n");
+    let o = p.run(&["check"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(".env:2:") && err.contains("NUL"), "{err}");
+    assert!(!err.contains("TOPSECRET"), "{err}");
 }

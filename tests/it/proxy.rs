@@ -547,6 +547,34 @@ async fn held_request_succeeds_once_a_backend_becomes_ready() {
     assert_eq!(held.await.expect("task"), (StatusCode::OK, "a".into()));
 }
 
+/// The library takes any `Duration` (validation caps the config's): the longest hold
+/// saturates instead of overflowing the deadline.
+#[tokio::test]
+async fn the_longest_hold_does_not_overflow() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(ProxyConfig {
+        hold: Duration::MAX,
+        ..quick_cfg()
+    })
+    .await;
+    let id = proxy.add_backend(up.addr);
+    let held = tokio::spawn(get_once(addr, "/"));
+    wait_until("request is held", || proxy.metrics().in_flight == 1).await;
+    proxy.set_ready(id, true);
+    assert_eq!(held.await.expect("task"), (StatusCode::OK, "a".into()));
+}
+
+#[tokio::test]
+async fn the_longest_drain_does_not_overflow() {
+    let up = Upstream::start("a").await;
+    let (proxy, _addr) = start_proxy(quick_cfg()).await;
+    let id = add_ready(&proxy, &up);
+    let report = tokio::time::timeout(DEADLINE, proxy.drain(id, Duration::MAX))
+        .await
+        .expect("an idle backend drains at once");
+    assert!(!report.timed_out, "{report:?}");
+}
+
 #[tokio::test]
 async fn hold_timeout_answers_503_with_a_clear_page() {
     let (proxy, addr) = start_proxy(ProxyConfig {
@@ -1298,7 +1326,7 @@ async fn a_client_that_stops_reading_does_not_hold_the_instance() {
 // ---------------------------------------------------------------- issue 10: request-level hardening
 
 /// The forwarding headers a client may try to spoof, with the values it claims.
-const SPOOFED: [(&str, &str); 9] = [
+const SPOOFED: [(&str, &str); 19] = [
     (
         "forwarded",
         "for=203.0.113.66;proto=https;host=evil.example",
@@ -1311,6 +1339,16 @@ const SPOOFED: [(&str, &str); 9] = [
     ("x-forwarded-server", "evil.example"),
     ("x-real-ip", "203.0.113.66"),
     ("x_forwarded_proto", "https"),
+    ("client-ip", "203.0.113.66"),
+    ("true-client-ip", "203.0.113.66"),
+    ("cf-connecting-ip", "203.0.113.66"),
+    ("x-client-ip", "203.0.113.66"),
+    ("x-cluster-client-ip", "203.0.113.66"),
+    ("fastly-client-ip", "203.0.113.66"),
+    ("x-original-forwarded-for", "203.0.113.66"),
+    ("x-originating-ip", "203.0.113.66"),
+    ("x-remote-ip", "203.0.113.66"),
+    ("x-remote-addr", "203.0.113.66"),
 ];
 
 #[tokio::test]
@@ -1354,6 +1392,8 @@ async fn untrusted_clients_cannot_spoof_forwarding_headers_on_either_path() {
                     "x-forwarded-prefix: /admin",
                     "x-real-ip: 203.0.113.66",
                     "x-forwarded-for: 203.0.113.66, 203.0.113.66, 127.0.0.1",
+                    "true-client-ip: 203.0.113.66",
+                    "cf-connecting-ip: 203.0.113.66",
                 ] {
                     assert!(lines.contains(&want), "missing {want:?}; {ctx}");
                 }
@@ -1816,16 +1856,30 @@ fn error_pages_tell_a_stranger_only_what_failed_and_a_request_id() {
     assert!(local.contains("127.0.0.1:"), "{local}");
     assert!(local.contains("os error"), "{local}");
     assert!(local.contains("windlass logs secretapp"), "{local}");
+    // A query (which may carry a token) is left out of the log, on both paths (a POST
+    // goes the full way).
+    for (method, rid) in [("GET", "local-q1"), ("POST", "local-q2")] {
+        let (status, _) = helper::http_request(
+            port,
+            method,
+            "/boom?token=sk_live_QUERYSECRET",
+            &[("X-Request-Id", rid)],
+        )
+        .expect("request");
+        assert_eq!(status, 502);
+    }
 
-    // The app's log has the detail of both, under the ids the clients saw.
-    for id in [id.as_str(), "local-1"] {
+    // The app's log has the detail of each, under the ids the clients saw.
+    for id in [id.as_str(), "local-1", "local-q1", "local-q2"] {
         let line = helper::wait_for("the failure in the app's log", helper::DEADLINE, || {
             p.log_lines("secretapp")
                 .into_iter()
                 .find(|l| l.contains(&format!("(request id {id})")))
         });
         assert!(line.contains(" windlass "), "{line}");
-        assert!(line.contains("502 Bad Gateway for GET /boom"), "{line}");
+        assert!(line.contains(" Bad Gateway for "), "{line}");
+        assert!(line.contains(" /boom "), "{line}");
+        assert!(!line.contains("QUERYSECRET"), "{line}");
         assert!(
             line.contains("127.0.0.1:") && line.contains("os error"),
             "{line}"
@@ -2048,4 +2102,172 @@ async fn a_post_whose_instance_died_after_reading_it_is_not_sent_again() {
     );
     assert_eq!(read[0].load(SeqCst) + read[1].load(SeqCst), 1, "read once");
     assert_eq!(proxy.metrics().poison_requests, 0);
+}
+
+// ------------------------------------------------------- request smuggling
+
+/// What a recording upstream saw: every request it parsed (strictly: one framing header at
+/// most, `Transfer-Encoding` only `chunked`), and every head that broke that rule.
+#[derive(Default)]
+struct Recorded {
+    targets: Vec<String>,
+    ambiguous: Vec<String>,
+}
+
+/// An upstream that records the exact bytes it receives and parses them as a strict
+/// HTTP/1.1 server would, answering `200 ok` to each request.
+async fn recording_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Recorded>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let rec = Arc::new(std::sync::Mutex::new(Recorded::default()));
+    let r = Arc::clone(&rec);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let rec = Arc::clone(&r);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 16384];
+                loop {
+                    // One head.
+                    let (len, target, framing) = loop {
+                        let mut headers = [httparse::EMPTY_HEADER; 128];
+                        let mut req = httparse::Request::new(&mut headers);
+                        match req.parse(&pending) {
+                            Ok(httparse::Status::Complete(len)) => {
+                                let get = |n: &str| -> Vec<String> {
+                                    req.headers
+                                        .iter()
+                                        .filter(|h| h.name.eq_ignore_ascii_case(n))
+                                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                                        .collect()
+                                };
+                                let (cl, te) = (get("content-length"), get("transfer-encoding"));
+                                let head = String::from_utf8_lossy(&pending[..len]).into_owned();
+                                let framing = match (&cl[..], &te[..]) {
+                                    ([], []) => Some(0),
+                                    ([n], []) => n.trim().parse::<usize>().ok(),
+                                    ([], [t]) if t.trim().eq_ignore_ascii_case("chunked") => {
+                                        Some(usize::MAX)
+                                    }
+                                    _ => None,
+                                };
+                                let Some(framing) = framing else {
+                                    rec.lock().expect("lock").ambiguous.push(head);
+                                    return;
+                                };
+                                break (len, req.path.unwrap_or("").to_owned(), framing);
+                            }
+                            Ok(httparse::Status::Partial) => {}
+                            Err(e) => {
+                                rec.lock().expect("lock").ambiguous.push(format!(
+                                    "unparsable ({e}): {:?}",
+                                    String::from_utf8_lossy(&pending)
+                                ));
+                                return;
+                            }
+                        }
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    pending.drain(..len);
+                    // Its body: a length, or chunks up to the last one (the bodies here
+                    // have no trailers and no "0\r\n\r\n" inside their data).
+                    loop {
+                        let end = if framing == usize::MAX {
+                            pending
+                                .windows(5)
+                                .position(|w| w == b"0\r\n\r\n")
+                                .map(|i| i + 5)
+                        } else {
+                            (pending.len() >= framing).then_some(framing)
+                        };
+                        if let Some(end) = end {
+                            pending.drain(..end);
+                            break;
+                        }
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    rec.lock().expect("lock").targets.push(target);
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rec)
+}
+
+/// Classic desync attempts (CL.TE, TE.CL, TE.TE, obfuscated and duplicated framing,
+/// obs-fold, bare CR, NUL, HTTP/1.0 with chunked) on a fresh connection, each alone and
+/// after a plain GET (so that both request paths see them): the app never receives a
+/// request with two framings or a request the client got no answer for, and nothing
+/// panics.
+#[tokio::test]
+async fn no_request_is_smuggled_past_the_proxy() {
+    const ATTACKS: [&[u8]; 16] = [
+        b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n35\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\n\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\nContent-Length: 3\r\n\r\nabcGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\nContent-Length: 3\r\n\r\nabcGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\nContent-Length: 3\r\n\r\nabcGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabcGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 40\r\n\r\nabcGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabcGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: h\r\nX-A: a\rContent-Length: 40\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: h\r\nX-A: a\x00b\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /a HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer_Encoding: chunked\r\n\r\nabc",
+        b"GET /a HTTP/1.1\nHost: h\nContent-Length: 0\n\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n",
+    ];
+    let (up, rec) = recording_upstream().await;
+    // Short client timeouts: the proxy closes each connection soon after its last answer
+    // (or a body that never completes), which is when the client has read everything.
+    let (proxy, addr) = start_proxy(ProxyConfig {
+        idle_timeout: Duration::from_millis(300),
+        header_timeout: Duration::from_millis(300),
+        body_timeout: Duration::from_millis(300),
+        ..quick_cfg()
+    })
+    .await;
+    let id = proxy.add_backend(up);
+    assert!(proxy.set_ready(id, true));
+    for attack in ATTACKS {
+        for after_a_get in [false, true] {
+            rec.lock().expect("lock").targets.clear();
+            let mut sent = Vec::new();
+            if after_a_get {
+                sent.extend_from_slice(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n");
+            }
+            sent.extend_from_slice(attack);
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(&sent).await.expect("send");
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+                .await
+                .expect("the proxy answers and closes");
+            let got = String::from_utf8_lossy(&got).into_owned();
+            let ctx = format!("sent {:?}\ngot {got:?}", String::from_utf8_lossy(&sent));
+            // Every request the app answered was answered to the client, in order.
+            let answered = got.matches("HTTP/1.1 200 OK").count();
+            let r = rec.lock().expect("lock");
+            assert!(r.ambiguous.is_empty(), "{:?}\n{ctx}", r.ambiguous);
+            assert_eq!(r.targets.len(), answered, "{:?}\n{ctx}", r.targets);
+            assert!(
+                got.starts_with("HTTP/1.1 "),
+                "no answer at all (dropped?)\n{ctx}"
+            );
+        }
+    }
 }
