@@ -19,6 +19,11 @@
 //!
 //! The dashboard's own files are always served (to a right `Host`): they hold no data, and the
 //! page asks for the token when the API wants one. `listen = "off"` disables the listener.
+//!
+//! Connections ([`serve`]): at most [`MAX_CONNECTIONS`] at once (more wait in the kernel's
+//! listen backlog), and a request head, or the next one on a kept-alive connection, must
+//! arrive within [`HEADER_TIMEOUT`]: idle or half-sent connections cannot pile up and take the
+//! supervisor's open files.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -68,6 +73,75 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AdminErro
                 .map(|(pid, cmd)| format!("pid {pid} ({cmd})")),
             source,
         })
+}
+
+/// Connections the admin listener serves at once; the next ones wait in the listen backlog.
+/// Dashboards and scrapers use a handful; log follows and consoles one each.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request head (and, on a kept-alive connection, the next one) must arrive within this.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Pause after an accept error (EMFILE...), so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Serves `router` on `listener` until `shutdown`, with the connection cap and head timeout
+/// above (`axum::serve` has neither). Each request carries the connection's [`Local`]
+/// address as `ConnectInfo`, for the `Host` check.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let (closing, _) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    let mut warned: Option<std::time::Instant> = None;
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    if warned.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, "admin listener: cannot accept a connection; pausing");
+                        warned = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let local = Local(stream.local_addr().ok());
+        let service =
+            TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo(local))));
+        let mut closing = closing.subscribe();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { closing.wait_for(|c| *c).await.is_ok() } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    closing.send_replace(true);
 }
 
 /// Everything the admin routes need.

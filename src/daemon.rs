@@ -279,11 +279,7 @@ pub async fn run(
         let router = admin::router(admin, ctx.clone());
         let mut stop = server_stop_rx.clone();
         tokio::spawn(async move {
-            axum::serve(
-                l,
-                router.into_make_service_with_connect_info::<admin::Local>(),
-            )
-            .with_graceful_shutdown(async move {
+            admin::serve(l, router, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await

@@ -460,3 +460,60 @@ fn a_bad_admin_host_name_is_a_config_error_at_its_place() {
         "{err}"
     );
 }
+
+/// Open descriptors of a process.
+fn open_fds(pid: i64) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn idle_and_half_sent_connections_cannot_pile_up_on_the_admin_listener() {
+    let admin = free_port();
+    let p = Project::new(&format!(
+        "[app.a]\ncommand = [\"sleep\", \"1000\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
+    ));
+    let _sup = p.up(&[]);
+    wait_running(&p, "a");
+    let status: serde_json::Value =
+        serde_json::from_slice(&run_within(&p, &["status", "--json"]).stdout).expect("json");
+    let pid = status["supervisor"]["pid"].as_i64().expect("pid");
+    let before = open_fds(pid);
+
+    // A request head that never ends (slowloris) is cut off: the server closes the connection.
+    let mut slow = TcpStream::connect(("127.0.0.1", admin)).expect("connect");
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .expect("part of a head");
+    slow.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut rest = Vec::new();
+    let ended = slow.read_to_end(&mut rest);
+    assert!(
+        ended.is_ok(),
+        "windlass closes a connection whose head never ends: {ended:?}"
+    );
+    let answer = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "a half-sent head gets nothing or a 408, then the close: {answer:?}"
+    );
+
+    // 300 connections that send nothing: windlass does not hold a descriptor for each, and
+    // the control socket keeps answering.
+    let idle: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", admin)).ok())
+        .collect();
+    assert!(idle.len() > 200, "the kernel took the connections");
+    let st = run_within(&p, &["status"]);
+    assert!(st.status.success(), "status answers during the flood");
+    let held = open_fds(pid).saturating_sub(before);
+    assert!(
+        held <= 80,
+        "windlass holds {held} descriptors for 300 idle admin connections (cap 64)"
+    );
+    drop(idle);
+    // Once the flood is gone the listener serves again.
+    wait_for(
+        "the admin listener to answer after the flood",
+        DEADLINE,
+        || (with_host(admin, "127.0.0.1", "/metrics", &[]).0 == 200).then_some(()),
+    );
+}
