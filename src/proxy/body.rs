@@ -1,4 +1,5 @@
-//! Streaming bodies in both directions, frame by frame (never buffered whole).
+//! Streaming bodies in both directions, frame by frame (never buffered whole, except a
+//! small request body kept so the request can be replayed: [`RequestBody::kept`]).
 //! [`RequestBody`] carries the client's body to the app and reports when it ended, so
 //! the response timeout starts only once the upload is done (and a client whose body
 //! broke off is blamed, not the app). [`ResponseBody`] carries the app's body (or a
@@ -36,6 +37,8 @@ pub(crate) enum BodyEnd {
 /// connection is closed, never pooled), the client gets a 408 if no response has
 /// started, and the instance's in-flight count drops, so a drain is not held by it.
 pub(crate) struct RequestBody {
+    /// A body read whole before sending (see [`RequestBody::kept`]), sent as one frame.
+    full: Option<Bytes>,
     inner: Option<Incoming>,
     end: Option<oneshot::Sender<BodyEnd>>,
     stall: Option<Stall>,
@@ -53,6 +56,7 @@ impl RequestBody {
         }
         let (tx, rx) = oneshot::channel();
         let body = RequestBody {
+            full: None,
             inner: Some(incoming),
             end: Some(tx),
             stall: Some(Stall::new(body_timeout)),
@@ -62,10 +66,26 @@ impl RequestBody {
 
     pub(crate) fn empty() -> RequestBody {
         RequestBody {
+            full: None,
             inner: None,
             end: None,
             stall: None,
         }
+    }
+
+    /// A body already read whole (a small one, kept so the request can be sent again);
+    /// empty when `body` is.
+    pub(crate) fn kept(body: Bytes) -> RequestBody {
+        RequestBody {
+            full: (!body.is_empty()).then_some(body),
+            ..RequestBody::empty()
+        }
+    }
+
+    /// The whole body, if it was read whole before sending ([`RequestBody::kept`]) and not
+    /// sent yet.
+    pub(crate) fn whole(&self) -> Option<Bytes> {
+        self.full.clone()
     }
 
     fn signal(&mut self, end: BodyEnd) {
@@ -85,6 +105,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if let Some(full) = this.full.take() {
+            return Poll::Ready(Some(Ok(Frame::data(full))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -116,10 +139,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.full.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(full) = &self.full {
+            return SizeHint::with_exact(full.len() as u64);
+        }
         match &self.inner {
             None => SizeHint::with_exact(0),
             Some(b) => b.size_hint(),

@@ -107,7 +107,8 @@ pub enum ProxyError {
 pub enum NotReplayed {
     /// Not idempotent (RFC 9110 §9.2.2): `POST` or `PATCH` may not be sent twice.
     Method(http::Method),
-    /// Its body went to the app as it arrived and is not kept.
+    /// Its body went to the app as it arrived and is not kept (over 64 KiB, of unknown
+    /// length, or sent after `Expect: 100-continue`).
     Body,
     /// It was already sent again once, after the instance `first` closed on it, and the
     /// second instance closed on it too: a likely query of death.
@@ -120,7 +121,10 @@ impl std::fmt::Display for NotReplayed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NotReplayed::Method(m) => write!(f, "a {m} may not be sent twice"),
-            NotReplayed::Body => f.write_str("its body was streamed to the app and is gone"),
+            NotReplayed::Body => f.write_str(
+                "its body was streamed to the app and is gone; only a body of at most 64 KiB \
+                 with a Content-Length and no Expect: 100-continue is kept for a retry",
+            ),
             NotReplayed::Poison { first } => write!(
                 f,
                 "it had already been sent again after instance {first} closed the connection \
@@ -196,7 +200,7 @@ impl ProxyError {
                     "The app's instance stopped while handling this request; it was not retried: this method may not be sent twice."
                 }
                 NotReplayed::Body => {
-                    "The app's instance stopped while handling this request; it was not retried: its body is gone."
+                    "The app's instance stopped while handling this request; it was not retried: its body (over 64 KiB, or of unknown length) is gone."
                 }
                 NotReplayed::Poison { .. } => {
                     "The app's instance stopped while handling this request, and it was not retried again: its retry stopped another instance."

@@ -6,10 +6,13 @@
 //! connection that died before the request was written gives the request back
 //! (`try_send_request`) and the request goes out on a fresh connection. Once bytes have
 //! been written, whether the request is sent again is the shared replay rule
-//! ([`Attempts::broke`]): only an idempotent request with no body, only when its
-//! connection broke before any response (reset: again on any instance; closed: once, on
-//! another instance). The response timeout starts when the request body has been sent in
-//! full, so slow uploads are not cut off.
+//! ([`Attempts::broke`]): only an idempotent request whose body (if any) is still at
+//! hand, only when its connection broke before any response (reset: again on any
+//! instance; closed: once, on another instance). So an idempotent request with a small
+//! body of known length ([`MAX_KEPT_BODY`], no `Expect: 100-continue`) is read whole
+//! before it is sent (a stall is still cut off by `proxy.body_timeout`) and kept; any
+//! other body streams to the app as it arrives. The response timeout starts when the
+//! request body has been sent in full, so slow uploads are not cut off.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -32,6 +36,10 @@ use crate::proxy::headers;
 use crate::proxy::hold::{Attempts, Broke, Replay};
 use crate::proxy::pool::{self, Upstream};
 use crate::proxy::tunnel;
+
+/// The largest request body (by its `Content-Length`) of an idempotent request read whole
+/// and kept before sending, so that the request can be replayed; larger ones stream.
+pub(crate) const MAX_KEPT_BODY: u64 = 64 * 1024;
 
 /// How many times a request given back unsent is re-sent before giving up.
 const MAX_UNSENT_RETRIES: u32 = 3;
@@ -67,6 +75,7 @@ async fn proxy(
     let upgrade = headers::upgrade_protocol(req.headers());
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let keep = upgrade.is_none() && keeps_body(&parts, &body);
     let forwarded = headers::prepare_request(&mut parts, &client_ip, upgrade, trusted);
     // What an error page and its log line need; the request itself goes to the app.
     let failed = |shared: &Shared,
@@ -90,7 +99,26 @@ async fn proxy(
     let method = parts.method.clone();
     let uri = parts.uri.clone();
     let request_id = parts.headers.get(X_REQUEST_ID).cloned();
-    let (body, body_end) = RequestBody::new(body, shared.cfg.body_timeout);
+    let (mut body, mut body_end) = RequestBody::new(body, shared.cfg.body_timeout);
+    if keep {
+        match body.collect().await {
+            Ok(whole) => {
+                body = RequestBody::kept(whole.to_bytes());
+                body_end = None;
+            }
+            Err(e) => {
+                let stalled = body_end.as_mut().and_then(|end| end.try_recv().ok());
+                let e = match (stalled, e.downcast::<hyper::Error>()) {
+                    (Some(BodyEnd::Stalled(after)), _) => ProxyError::BodyTimeout { after },
+                    (_, Ok(source)) => ProxyError::Downstream { source: *source },
+                    (_, Err(_)) => ProxyError::Internal {
+                        what: "reading a request body to keep failed",
+                    },
+                };
+                return failed(&shared, e, done, &method, &uri, request_id.as_ref());
+            }
+        }
+    }
     let req = Request::from_parts(parts, body);
 
     let Exchange {
@@ -174,6 +202,7 @@ async fn exchange(
             req.uri().clone(),
             req.version(),
             req.headers().clone(),
+            req.body().whole(),
         )
     });
     let mut unsent = 0;
@@ -222,12 +251,13 @@ async fn exchange(
                 };
                 attempts.broke(backend.id, addr, how, &replay, e).await?;
                 fresh = true;
-                let Some((method, uri, version, headers)) = kept.clone() else {
+                let Some((method, uri, version, headers, body)) = kept.clone() else {
                     return Err(ProxyError::Internal {
                         what: "a request that may not be replayed was about to be",
                     });
                 };
-                let mut again = Request::new(RequestBody::empty());
+                let body = body.map_or_else(RequestBody::empty, RequestBody::kept);
+                let mut again = Request::new(body);
                 *again.method_mut() = method;
                 *again.uri_mut() = uri;
                 *again.version_mut() = version;
@@ -236,6 +266,21 @@ async fn exchange(
             }
         }
     }
+}
+
+/// Whether a request's body is read whole and kept before sending, so the request may be
+/// replayed: an idempotent method (the replay rule's), a body whose length is known and at
+/// most [`MAX_KEPT_BODY`], and no `Expect: 100-continue` (the client waits for the app's
+/// word before sending it; reading it early would answer for the app).
+fn keeps_body(parts: &http::request::Parts, body: &Incoming) -> bool {
+    use hyper::body::Body;
+    if body.is_end_stream() || Replay::of(&parts.method, false) != Replay::Allowed {
+        return false;
+    }
+    if parts.headers.contains_key(header::EXPECT) {
+        return false;
+    }
+    body.size_hint().exact().is_some_and(|n| n <= MAX_KEPT_BODY)
 }
 
 /// How an exchange that failed with `e` broke, if it broke before any response: reset or

@@ -109,7 +109,8 @@ pub(crate) enum Broke {
 }
 
 /// Whether a request may be sent a second time: idempotent (RFC 9110 §9.2.2) and with
-/// its whole body still at hand (none at all, today).
+/// its whole body still at hand (none, or a small one read whole and kept before sending:
+/// see `forward::MAX_KEPT_BODY`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Replay {
     Allowed,
@@ -117,7 +118,8 @@ pub(crate) enum Replay {
 }
 
 impl Replay {
-    /// The rule for a request with this method; `body`: it has a body (streamed, not kept).
+    /// The rule for a request with this method; `body`: it has a body streamed to the app
+    /// as it arrived (not kept; a kept body counts as none here).
     pub(crate) fn of(method: &http::Method, body: bool) -> Replay {
         use http::Method;
         let idempotent = matches!(

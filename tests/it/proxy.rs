@@ -1966,16 +1966,27 @@ fn a_stalled_upload_does_not_hold_a_reload() {
 /// request (an instance that died while handling it), the rest with `200 ok`. Returns the
 /// addresses and the requests each instance read.
 async fn dying_pair(deaths: usize) -> ([SocketAddr; 2], Arc<[AtomicUsize; 2]>) {
+    let (addrs, read, _) = dying_pair_bodies(deaths).await;
+    (addrs, read)
+}
+
+/// The request bodies each instance of a [`dying_pair`] read, in order.
+type ReadBodies = Arc<[std::sync::Mutex<Vec<Vec<u8>>>; 2]>;
+
+/// [`dying_pair`], also keeping the bodies each instance read.
+async fn dying_pair_bodies(deaths: usize) -> ([SocketAddr; 2], Arc<[AtomicUsize; 2]>, ReadBodies) {
     let read = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let bodies: ReadBodies = Arc::new(Default::default());
     let total = Arc::new(AtomicUsize::new(0));
     let mut addrs = Vec::new();
     for i in 0..2 {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         addrs.push(listener.local_addr().expect("addr"));
-        let (read, total) = (Arc::clone(&read), Arc::clone(&total));
+        let (read, total, bodies) = (Arc::clone(&read), Arc::clone(&total), Arc::clone(&bodies));
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                let (read, total) = (Arc::clone(&read), Arc::clone(&total));
+                let (read, total, bodies) =
+                    (Arc::clone(&read), Arc::clone(&total), Arc::clone(&bodies));
                 tokio::spawn(async move {
                     let mut pending = Vec::new();
                     loop {
@@ -2001,7 +2012,8 @@ async fn dying_pair(deaths: usize) -> ([SocketAddr; 2], Arc<[AtomicUsize; 2]>) {
                                 Ok(n) => pending.extend_from_slice(&buf[..n]),
                             }
                         }
-                        pending.drain(..end + body);
+                        let got = pending.drain(..end + body).skip(end).collect();
+                        bodies[i].lock().expect("bodies").push(got);
                         read[i].fetch_add(1, SeqCst);
                         if total.fetch_add(1, SeqCst) < deaths {
                             // Everything was read: the kernel closes with a FIN, not a reset.
@@ -2017,7 +2029,7 @@ async fn dying_pair(deaths: usize) -> ([SocketAddr; 2], Arc<[AtomicUsize; 2]>) {
             }
         });
     }
-    ([addrs[0], addrs[1]], read)
+    ([addrs[0], addrs[1]], read, bodies)
 }
 
 async fn proxy_to_pair(addrs: [SocketAddr; 2]) -> (AppProxy, SocketAddr) {
@@ -2084,6 +2096,82 @@ async fn a_request_whose_replay_also_dies_is_a_poison_502_and_not_sent_a_third_t
         assert_eq!(read[0].load(SeqCst) + read[1].load(SeqCst), 5, "{method}");
         assert_eq!(proxy.metrics().poison_requests, 2, "{method}");
     }
+}
+
+/// A `PUT` with `len` bytes of body and its `Content-Length`.
+fn put_with_body(len: usize) -> (Request<ClientBody>, Vec<u8>) {
+    let body: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+    let req = Request::put("/doc")
+        .header("host", "example.test")
+        .header("content-length", len)
+        .body(Full::new(Bytes::from(body.clone())).boxed())
+        .expect("request");
+    (req, body)
+}
+
+#[tokio::test]
+async fn a_put_with_a_small_body_the_app_read_before_dying_is_sent_with_it_to_the_other_instance() {
+    let (ups, read, bodies) = dying_pair_bodies(1).await;
+    let (proxy, addr) = proxy_to_pair(ups).await;
+    // 64 KiB exactly: the largest body kept.
+    let (req, sent) = put_with_body(64 * 1024);
+    let (status, _, body) = send(&mut client(addr).await, req).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    assert_eq!([read[0].load(SeqCst), read[1].load(SeqCst)], [1, 1]);
+    for (i, b) in bodies.iter().enumerate() {
+        let b = b.lock().expect("bodies");
+        assert!(
+            b.len() == 1 && b[0] == sent,
+            "instance {i} read the whole body"
+        );
+    }
+    assert_eq!(proxy.metrics().poison_requests, 0);
+}
+
+#[tokio::test]
+async fn a_put_with_a_body_over_64_kib_the_app_read_before_dying_is_not_sent_again() {
+    let (ups, read) = dying_pair(1).await;
+    let (proxy, addr) = proxy_to_pair(ups).await;
+    let (req, _) = put_with_body(64 * 1024 + 1);
+    let (status, _, body) = send(&mut client(addr).await, req).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        body.contains("not retried: its body (over 64 KiB, or of unknown length) is gone")
+            && body.contains("its body was streamed to the app and is gone;"),
+        "{body}"
+    );
+    assert_eq!(read[0].load(SeqCst) + read[1].load(SeqCst), 1, "read once");
+    assert_eq!(proxy.metrics().poison_requests, 0);
+}
+
+#[tokio::test]
+async fn a_small_put_body_read_to_be_kept_still_gets_a_408_when_it_stalls() {
+    let (ups, read) = dying_pair(0).await;
+    let (proxy, addr) = start_proxy(ProxyConfig {
+        instances: 2,
+        body_timeout: Duration::from_secs(1),
+        ..quick_cfg()
+    })
+    .await;
+    for up in ups {
+        let id = proxy.add_backend(up);
+        assert!(proxy.set_ready(id, true));
+    }
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // 3 bytes of 10, then nothing.
+    s.write_all(b"PUT /doc HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+        .await
+        .expect("the proxy ends the stalled upload")
+        .expect("read");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{got}");
+    assert!(got.contains("connection: close\r\n"), "{got}");
+    assert_eq!(read[0].load(SeqCst) + read[1].load(SeqCst), 0);
+    assert_eq!(proxy.metrics().in_flight, 0);
 }
 
 #[tokio::test]
