@@ -17,7 +17,9 @@
 //! ([`Attempts::broke`]; all the methods taken here are idempotent, and the rewritten
 //! head is kept in its own buffer until the response head arrives), the response timeout, the in-flight count that drains wait on, and
 //! the same metrics. Responses keep their framing (`Content-Length`, chunked, or the end
-//! of the connection, which then also ends the client's).
+//! of the connection, which then also ends the client's). Otherwise the upstream connection
+//! lives independently of the client's: a client's `Connection: close` is not sent upstream
+//! and closes only the client side, and the app's closes only the upstream side.
 
 use std::io;
 use std::net::SocketAddr;
@@ -249,7 +251,9 @@ pub(crate) async fn serve(
             ubuf = BytesMut::new();
         }
         finish.delivered = true;
-        if reusable && !close {
+        // The upstream connection outlives the client's: a client that asked to close
+        // (its `Connection` header never reaches the app) ends only its own connection.
+        if reusable {
             guard.backend().raw.put(upstream);
         }
         drop(guard);

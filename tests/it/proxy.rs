@@ -2359,3 +2359,123 @@ async fn no_request_is_smuggled_past_the_proxy() {
         }
     }
 }
+
+// ------------------------------------------------- upstream keep-alive (issue 11)
+
+/// Sends `raw` on a new client connection and reads until windlass closes it.
+async fn one_request_then_closed(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(raw).await.expect("send");
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+        .await
+        .expect("windlass closes the client connection after its response")
+        .expect("read");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A client's `Connection: close` (or HTTP/1.0 without keep-alive) ends the client
+/// connection only: the upstream request is keep-alive, and its connection goes back to
+/// the pool, on both request paths (nginx's upstream keep-alive; the app counted one new
+/// connection per request before).
+#[tokio::test]
+async fn a_client_connection_close_does_not_close_the_upstream_connection() {
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    let accepted = || up.stats.accepted.load(SeqCst);
+
+    // The plain path: bodiless GETs.
+    for i in 0..200 {
+        let got = one_request_then_closed(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "GET {i}: {got:?}");
+        assert!(
+            got.contains("\r\nconnection: close\r\n"),
+            "GET {i}: {got:?}"
+        );
+        assert!(got.ends_with("\r\n\r\na"), "GET {i}: {got:?}");
+    }
+    let plain = accepted();
+    assert!(
+        plain <= 2,
+        "plain path: {plain} upstream connections for 200 requests"
+    );
+
+    // The full path: PUTs with a small body.
+    for i in 0..50 {
+        let got = one_request_then_closed(
+            addr,
+            b"PUT /upload HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "PUT {i}: {got:?}");
+        assert!(
+            got.contains("\r\nconnection: close\r\n"),
+            "PUT {i}: {got:?}"
+        );
+        assert!(got.ends_with("\r\n\r\n5"), "PUT {i}: {got:?}");
+    }
+    let full = accepted() - plain;
+    assert!(
+        full <= 2,
+        "full path: {full} upstream connections for 50 requests"
+    );
+
+    // HTTP/1.0 without keep-alive (the full path).
+    for i in 0..50 {
+        let got = one_request_then_closed(
+            addr,
+            b"PUT /upload HTTP/1.0\r\nHost: example.test\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        assert!(
+            got.starts_with("HTTP/1.0 200 OK\r\n"),
+            "HTTP/1.0 {i}: {got:?}"
+        );
+        assert!(got.ends_with("\r\n\r\n5"), "HTTP/1.0 {i}: {got:?}");
+    }
+    let old = accepted() - plain - full;
+    assert!(
+        old <= 2,
+        "HTTP/1.0: {old} upstream connections for 50 requests"
+    );
+
+    // The app never saw the client's `Connection: close`.
+    let got = one_request_then_closed(
+        addr,
+        b"GET /headers HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        !got.to_ascii_lowercase().contains("connection: close\n"),
+        "{got:?}"
+    );
+    assert_eq!(up.stats.started.load(SeqCst), 301);
+
+    // And the other way round: an app's `Connection: close` ends only its connection; the
+    // client's (keep-alive, responses framed by length) carries on, on both paths.
+    let before = accepted();
+    let mut tx = client(addr).await;
+    for _ in 0..3 {
+        assert_eq!(get(&mut tx, "/close").await, (StatusCode::OK, "a".into()));
+        let req = Request::put("/close")
+            .header("host", "example.test")
+            .header("content-length", 5)
+            .body(Full::new(Bytes::from_static(b"hello")).boxed())
+            .expect("request");
+        let (status, headers, body) = send(&mut tx, req).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
+        assert!(headers.get("connection").is_none(), "{headers:?}");
+    }
+    // The first request on each path took a pooled connection; the app closed each one.
+    assert_eq!(
+        accepted() - before,
+        4,
+        "closed upstream connections were reused"
+    );
+    assert_eq!(proxy.metrics().upstream_errors, Default::default());
+}
