@@ -389,8 +389,11 @@ fn guess_entry(dir: &Path, sources: &[(PathBuf, String)]) -> Option<EntryGuess> 
             let Some(name) = read_name(rest.trim_start()) else {
                 continue;
             };
-            let args = rest.trim_start()[name.len()..].trim_start();
-            let Some(args) = args.strip_prefix('(') else {
+            // `(defun :x` or `(defun "x"`: not a plain symbol, not an entry point.
+            let Some(args) = rest.trim_start().strip_prefix(name.as_str()) else {
+                continue;
+            };
+            let Some(args) = args.trim_start().strip_prefix('(') else {
                 continue;
             };
             let end = lines[i + 1..]
@@ -554,6 +557,21 @@ mod tests {
             .expect("a lisp project");
         assert_eq!(entry(&found), Some("web:launch"));
         assert_eq!(found.port_env.as_deref(), Some("WEB_PORT"));
+    }
+
+    #[test]
+    fn odd_defun_names_do_not_panic() {
+        let (_guard, dir) = project(&[
+            ("x.asd", "(defsystem :x)"),
+            (
+                "a.lisp",
+                "(in-package :x)\n(defun :é () 1)\n(defun \"é\" () 1)\n(defun (setf é) (v) v)\n(defun \n(defun main)\n(defun start () (getenv \"é",
+            ),
+        ]);
+        let found = detect(&dir, None)
+            .expect("readable")
+            .expect("a lisp project");
+        assert_eq!(entry(&found), Some("x::start"));
     }
 
     #[test]
