@@ -133,6 +133,10 @@ pub fn run(args: Args) -> Result {
                 shlex::try_join(a.iter().map(String::as_str)).unwrap_or_else(|_| a.join(" "))
             }
             init::Command::Shell(s) => format!("sh -c {s:?}"),
+            init::Command::Lisp(l) => format!(
+                "lisp = {{ system = {:?}, entry = {:?} }} (windlass's Lisp runtime)",
+                l.system, l.entry
+            ),
         };
         let port = app
             .port

@@ -51,6 +51,15 @@ pub enum Command {
     Argv(Vec<String>),
     /// One line for `/bin/sh -c` (`shell = true`).
     Shell(String),
+    /// A Common Lisp app run by windlass's Lisp runtime (`lisp = { system, entry }`).
+    Lisp(LispEntry),
+}
+
+/// `lisp = { system, entry }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LispEntry {
+    pub system: String,
+    pub entry: String,
 }
 
 /// One app to write into the config.
@@ -66,6 +75,9 @@ pub struct AppPlan {
     pub comment: Vec<String>,
     /// What the user must fill in on the command line, when detection could not tell.
     pub fill_in: Option<String>,
+    /// Further lines (keys or comments) written after the port.
+    #[serde(skip)]
+    pub extra: Vec<String>,
 }
 
 impl AppPlan {
@@ -78,6 +90,7 @@ impl AppPlan {
             port_env: "PORT".into(),
             comment: Vec::new(),
             fill_in: None,
+            extra: Vec::new(),
         }
     }
 }
@@ -157,6 +170,7 @@ fn procfile(dir: &Path) -> Option<(Vec<AppPlan>, Vec<String>)> {
             port_env: "PORT".into(),
             comment: vec![format!("from the Procfile: `{name}: {cmd}`")],
             fill_in: None,
+            extra: Vec::new(),
         });
     }
     if apps.is_empty() {
@@ -405,21 +419,6 @@ fn go(dir: &Path) -> Option<(AppPlan, Vec<String>)> {
     ))
 }
 
-/// Files directly in `dir` with extension `ext`, sorted by name.
-fn list_files(dir: &Path, ext: &str) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.path().is_file())
-                .filter_map(|e| e.file_name().to_str().map(String::from))
-                .filter(|n| n.rsplit_once('.').is_some_and(|(_, x)| x == ext))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
-}
-
 /// True when a source file (in `dir`, or one or two levels below, skipping dependency and build
 /// directories) with one of `exts` contains `needle`.
 fn mentions(dir: &Path, exts: &[&str], needle: &str) -> bool {
@@ -490,6 +489,13 @@ pub fn render(detection: &Detection, port: u16) -> Rendered {
                         .into(),
                 );
             }
+            Command::Lisp(l) => {
+                lines.push(format!(
+                    "lisp = {{ system = {}, entry = {} }}",
+                    toml::Value::String(l.system.clone()),
+                    toml::Value::String(l.entry.clone())
+                ));
+            }
         }
         if let Some(f) = &app.fill_in {
             fill_in.push((lines.len(), f.clone()));
@@ -504,6 +510,7 @@ pub fn render(detection: &Detection, port: u16) -> Rendered {
                 toml::Value::String(app.port_env.clone()).to_string()
             ));
         }
+        lines.extend(app.extra.iter().cloned());
         lines.push("restart = \"always\"            # always | on-failure | never".into());
         lines.push("# instances = 1".into());
         lines.push("# env = { APP_ENV = \"production\" }".into());
@@ -608,7 +615,10 @@ mod tests {
         parses(&r);
         let (line, what) = &r.fill_in[0];
         let text_line = r.text.lines().nth(line - 1).expect("line exists");
-        assert!(text_line.contains("(shop:start)"), "{text_line}");
+        assert_eq!(
+            text_line,
+            r#"lisp = { system = "shop", entry = "shop:main" }"#
+        );
         assert!(what.contains("entry point"));
     }
 

@@ -1,11 +1,11 @@
 //! ASDF project detection for `windlass init` and for the launcher. It owns reading a
 //! project directory (never writing it): the `.asd` files and primary system, how the
 //! dependencies load (Qlot, Quicklisp or plain ASDF), what the sources reveal (an entry
-//! function, a health route, `PROJECT_PORT`, `:build-operation`), and rendering that as a
-//! commented `windlass.toml` snippet. Detection is text scanning, not Lisp evaluation, so
-//! it is quick, safe on untrusted checkouts and bounded in files, bytes and depth.
+//! function, a health route, the port variable, `:build-operation`). `windlass init` renders
+//! it (src/init/lisp.rs) and the launcher uses its `.asd` scan; there is no other copy.
+//! Detection is text scanning, not Lisp evaluation, so it is quick, safe on untrusted
+//! checkouts and bounded in files, bytes and depth.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Directories never scanned: VCS data, dependency trees, windlass's own state.
@@ -45,14 +45,24 @@ pub struct LispProject {
     pub has_build_operation: bool,
     /// The defsystem's `:entry-point`, when it has one.
     pub asd_entry_point: Option<String>,
-    /// Some source mentions `PROJECT_PORT` (the Cookbook's variable).
-    pub reads_project_port: bool,
-    /// The best guess for the entry function, `package:function`.
-    pub entry_guess: Option<String>,
+    /// The port variable the code reads (`(uiop:getenv "PROJECT_PORT")` and the like).
+    pub port_env: Option<String>,
+    /// The best guess for the entry function, and why.
+    pub entry: Option<EntryGuess>,
     /// A health route found in the sources (`/health`, `/healthz`).
     pub health_path: Option<String>,
     /// Static asset directories present at the top (`static`, `assets`, `public`).
     pub asset_dirs: Vec<String>,
+}
+
+/// A guessed entry point: `package:function`, the file defining it and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EntryGuess {
+    pub entry: String,
+    /// The file (relative to the project) it was found in.
+    pub file: PathBuf,
+    /// Why it was picked, in words ("exported and starts Hunchentoot").
+    pub why: String,
 }
 
 /// Reading the project failed.
@@ -93,7 +103,17 @@ pub fn detect(dir: &Path, home: Option<&Path>) -> Result<Option<LispProject>, De
         .unwrap_or_default();
     let lower = asd_text.to_ascii_lowercase();
     let asd_entry_point = keyword_string(&asd_text, ":entry-point");
-    let entry_guess = asd_entry_point.clone().or_else(|| guess_entry(&sources));
+    let entry = match &asd_entry_point {
+        Some(e) => Some(EntryGuess {
+            entry: e.clone(),
+            file: system_file
+                .strip_prefix(dir)
+                .unwrap_or(&system_file)
+                .to_path_buf(),
+            why: "the defsystem's :entry-point".into(),
+        }),
+        None => guess_entry(dir, &sources),
+    };
     let quicklisp_setup = home
         .map(|h| h.join("quicklisp").join("setup.lisp"))
         .filter(|p| p.is_file());
@@ -104,10 +124,8 @@ pub fn detect(dir: &Path, home: Option<&Path>) -> Result<Option<LispProject>, De
         quicklisp_setup,
         has_build_operation: lower.contains(":build-operation"),
         asd_entry_point,
-        reads_project_port: sources
-            .iter()
-            .any(|(_, text)| text.contains("PROJECT_PORT")),
-        entry_guess,
+        port_env: port_variable(&sources),
+        entry,
         health_path: ["\"/health\"", "\"/healthz\""]
             .iter()
             .find(|lit| sources.iter().any(|(_, text)| text.contains(*lit)))
@@ -134,157 +152,6 @@ pub fn asd_directories(dir: &Path) -> Result<Vec<PathBuf>, DetectError> {
     dirs.sort();
     dirs.dedup();
     Ok(dirs)
-}
-
-/// Render the commented `[app.NAME]` snippet `windlass init` writes.
-pub fn render_toml(project: &LispProject) -> String {
-    let name: String = project
-        .system
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let name = if name.is_empty() {
-        "lisp".to_string()
-    } else {
-        name
-    };
-    let asd = project
-        .system_file
-        .strip_prefix(&project.dir)
-        .unwrap_or(&project.system_file)
-        .display()
-        .to_string();
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = writeln!(
-        out,
-        "# Common Lisp app: ASDF system {} ({asd}), run with SBCL.",
-        toml_string(&project.system)
-    );
-    let _ = writeln!(
-        out,
-        "# windlass loads the system, calls `entry` with no arguments (it must read its port from"
-    );
-    let _ = writeln!(
-        out,
-        "# the `port_env` variable, start the server and return or block), keeps the process in"
-    );
-    let _ = writeln!(
-        out,
-        "# the foreground and stops Hunchentoot gracefully on SIGTERM."
-    );
-    if project.uses_qlot {
-        let _ = writeln!(
-            out,
-            "# qlfile found: dependencies load from .qlot/ (run `qlot install` first)."
-        );
-    } else if project.quicklisp_setup.is_some() {
-        let _ = writeln!(
-            out,
-            "# Quicklisp found: dependencies load with ql:quickload."
-        );
-    }
-    if project.has_run_lisp {
-        let _ = writeln!(
-            out,
-            "# run.lisp found: not needed under windlass (command = [\"sbcl\", \"--load\", \"run.lisp\"] also works)."
-        );
-    }
-    if project.has_build_operation {
-        let _ = writeln!(
-            out,
-            "# The .asd has :build-operation; `windlass build` saves the image with its own script anyway."
-        );
-    }
-    let _ = writeln!(out, "[app.{name}]");
-    match &project.entry_guess {
-        Some(entry) => {
-            let _ = writeln!(
-                out,
-                "lisp = {{ system = {}, entry = {} }}",
-                toml_string(&project.system),
-                toml_string(entry)
-            );
-        }
-        None => {
-            let _ = writeln!(
-                out,
-                "# TODO: no entry function found. Set entry to the function windlass calls at start,"
-            );
-            let _ = writeln!(
-                out,
-                "#       e.g. \"my-app:main\": no arguments, reads the port variable, starts the server."
-            );
-            let _ = writeln!(
-                out,
-                "lisp = {{ system = {}, entry = \"TODO\" }}",
-                toml_string(&project.system)
-            );
-        }
-    }
-    let _ = writeln!(out, "port = 8080");
-    let port_env = if project.reads_project_port {
-        "PROJECT_PORT"
-    } else {
-        "PORT"
-    };
-    let _ = writeln!(out, "port_env = \"{port_env}\"");
-    match &project.health_path {
-        Some(path) => {
-            let _ = writeln!(
-                out,
-                "health = {{ path = {}, start_timeout = \"120s\" }}   # a cold first compile takes ~16 s",
-                toml_string(path)
-            );
-        }
-        None => {
-            let _ = writeln!(
-                out,
-                "# No /health route found: add one and set path = \"/health\"."
-            );
-            let _ = writeln!(
-                out,
-                "health = {{ start_timeout = \"120s\" }}   # a cold first compile takes ~16 s"
-            );
-        }
-    }
-    let _ = writeln!(out, "console = true");
-    let _ = writeln!(
-        out,
-        "# swank_port = 4005    # swank on 127.0.0.1 for `windlass repl` and reload = \"in-place\""
-    );
-    let _ = writeln!(out, "reload = \"blue-green\"");
-    if !project.asset_dirs.is_empty() {
-        let _ = writeln!(
-            out,
-            "# `windlass build` copies {} beside the executable.",
-            project.asset_dirs.join(", ")
-        );
-    }
-    out
-}
-
-/// A TOML basic string.
-fn toml_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Files under `dir`, bounded in depth and count, skipping VCS and state directories.
@@ -442,51 +309,125 @@ fn keyword_string(text: &str, key: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_string())
 }
 
-/// Look for `(defun main (` then `(defun start (` callable with no arguments, and
-/// qualify it with the file's `(in-package ...)`. Uses `pkg:fn` when the name appears
-/// in an export list, else `pkg::fn`.
-fn guess_entry(sources: &[(PathBuf, String)]) -> Option<String> {
-    let exported = |name: &str| {
-        sources.iter().any(|(_, text)| {
-            let lower = text.to_ascii_lowercase();
-            lower.contains("(:export")
-                && (lower.contains(&format!("#:{name}"))
-                    || lower.contains(&format!(":{name} "))
-                    || lower.contains(&format!(":{name})")))
-        })
-    };
-    for wanted in ["main", "start", "start-server"] {
-        for (path, text) in sources {
-            if path.extension().is_some_and(|e| e == "asd") {
-                continue;
-            }
-            let code = strip_comments(text).to_ascii_lowercase();
-            let mut package = None;
-            for line in code.lines() {
-                let line = line.trim();
-                if let Some(rest) = line.strip_prefix("(in-package") {
-                    package =
-                        read_name(rest.trim_start()).map(|p| p.trim_end_matches(')').to_string());
-                }
-                let Some(rest) = line.strip_prefix("(defun ") else {
-                    continue;
-                };
-                let rest = rest.trim_start();
-                let Some(args) = rest.strip_prefix(wanted).map(str::trim_start) else {
-                    continue;
-                };
-                let Some(args) = args.strip_prefix('(') else {
-                    continue;
-                };
-                let no_required = args.starts_with(')') || args.starts_with('&');
-                if let (true, Some(pkg)) = (no_required, &package) {
-                    let sep = if exported(wanted) { ":" } else { "::" };
-                    return Some(format!("{pkg}{sep}{wanted}"));
-                }
+/// The variable holding the port: the first `getenv "NAME"` (uiop, sb-posix, sb-ext) whose
+/// name contains `PORT`, else `PROJECT_PORT` when mentioned at all (the Cookbook's name).
+fn port_variable(sources: &[(PathBuf, String)]) -> Option<String> {
+    for (_, text) in sources {
+        let code = strip_comments(text);
+        let lower = code.to_ascii_lowercase();
+        let mut from = 0;
+        while let Some(found) = lower[from..].find("getenv \"") {
+            let start = from + found + "getenv \"".len();
+            from = start;
+            let name: String = code[start..].chars().take_while(|c| *c != '"').collect();
+            let valid =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if valid && name.to_ascii_uppercase().contains("PORT") {
+                return Some(name);
             }
         }
     }
-    None
+    sources
+        .iter()
+        .any(|(_, text)| text.contains("PROJECT_PORT"))
+        .then(|| "PROJECT_PORT".to_string())
+}
+
+/// A `(defun ...)` seen while scanning.
+struct Defun {
+    package: String,
+    name: String,
+    /// Callable with no arguments (no required parameters).
+    no_required: bool,
+    /// Its text up to the next top-level form (lower case, comments stripped).
+    body: String,
+    file: PathBuf,
+}
+
+/// Names that usually start an app, in order of preference.
+const ENTRY_NAMES: &[&str] = &["main", "start", "start-server", "start-app"];
+/// Calls that start a web server.
+const SERVER_STARTS: &[&str] = &["hunchentoot:start", "clack:clackup", "(clackup", "woo:run"];
+
+/// The entry point: a function callable with no arguments, qualified by its file's
+/// `(in-package ...)`. In order: an exported one that starts a server (Hunchentoot, Clack,
+/// Woo); one named `main`, `start`, `start-server` or `start-app`; any that starts a server.
+/// `pkg:fn` when exported, else `pkg::fn`.
+fn guess_entry(dir: &Path, sources: &[(PathBuf, String)]) -> Option<EntryGuess> {
+    let exports: Vec<String> = sources
+        .iter()
+        .map(|(_, text)| strip_comments(text).to_ascii_lowercase())
+        .filter(|t| t.contains("(:export"))
+        .collect();
+    let exported = |name: &str| {
+        exports.iter().any(|lower| {
+            lower.contains(&format!("#:{name} "))
+                || lower.contains(&format!("#:{name})"))
+                || lower.contains(&format!("#:{name}\n"))
+                || lower.contains(&format!(":{name} "))
+                || lower.contains(&format!(":{name})"))
+                || lower.contains(&format!(":{name}\n"))
+        })
+    };
+    let mut defuns = Vec::new();
+    for (path, text) in sources {
+        if path.extension().is_some_and(|e| e == "asd") {
+            continue;
+        }
+        let code = strip_comments(text).to_ascii_lowercase();
+        let mut package = None;
+        let lines: Vec<&str> = code.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("(in-package") {
+                package = read_name(rest.trim_start()).map(|p| p.trim_end_matches(')').to_string());
+            }
+            let Some(rest) = line.strip_prefix("(defun ") else {
+                continue;
+            };
+            let Some(pkg) = &package else { continue };
+            let Some(name) = read_name(rest.trim_start()) else {
+                continue;
+            };
+            // `(defun :x` or `(defun "x"`: not a plain symbol, not an entry point.
+            let Some(args) = rest.trim_start().strip_prefix(name.as_str()) else {
+                continue;
+            };
+            let Some(args) = args.trim_start().strip_prefix('(') else {
+                continue;
+            };
+            let end = lines[i + 1..]
+                .iter()
+                .position(|l| l.starts_with('('))
+                .map_or(lines.len(), |n| i + 1 + n);
+            defuns.push(Defun {
+                package: pkg.clone(),
+                no_required: args.starts_with(')') || args.starts_with('&'),
+                body: lines[i..end].join("\n"),
+                name,
+                file: path.strip_prefix(dir).unwrap_or(path).to_path_buf(),
+            });
+        }
+    }
+    let starts_server = |d: &Defun| SERVER_STARTS.iter().any(|s| d.body.contains(s));
+    let callable = || defuns.iter().filter(|d| d.no_required);
+    let (found, why) = if let Some(d) = callable().find(|d| exported(&d.name) && starts_server(d)) {
+        (d, "exported and starts the web server".to_string())
+    } else if let Some(d) = ENTRY_NAMES
+        .iter()
+        .find_map(|n| callable().find(|d| d.name == *n))
+    {
+        (d, format!("a function named `{}`", d.name))
+    } else {
+        let d = callable().find(|d| starts_server(d))?;
+        (d, "starts the web server".to_string())
+    };
+    let sep = if exported(&found.name) { ":" } else { "::" };
+    Some(EntryGuess {
+        entry: format!("{}{sep}{}", found.package, found.name),
+        file: found.file.clone(),
+        why,
+    })
 }
 
 #[cfg(test)]
@@ -531,6 +472,10 @@ mod tests {
         }
     }
 
+    fn entry(found: &LispProject) -> Option<&str> {
+        found.entry.as_ref().map(|e| e.entry.as_str())
+    }
+
     #[test]
     fn detects_the_example_app() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-lisp");
@@ -538,24 +483,11 @@ mod tests {
             .expect("readable")
             .expect("a lisp project");
         assert_eq!(found.system, "hello-lisp");
-        assert_eq!(found.entry_guess.as_deref(), Some("hello-lisp:main"));
+        assert_eq!(entry(&found), Some("hello-lisp:main"));
         assert_eq!(found.health_path.as_deref(), Some("/health"));
         assert_eq!(found.asset_dirs, vec!["static".to_string()]);
-        assert!(!found.has_build_operation && !found.uses_qlot && !found.reads_project_port);
-        let toml = render_toml(&found);
-        assert!(toml.contains("[app.hello-lisp]"), "{toml}");
-        assert!(
-            toml.contains(r#"lisp = { system = "hello-lisp", entry = "hello-lisp:main" }"#),
-            "{toml}"
-        );
-        assert!(
-            toml.contains(r#"health = { path = "/health", start_timeout = "120s" }"#),
-            "{toml}"
-        );
-        assert!(
-            toml.contains("port_env = \"PORT\"") && toml.contains("# swank_port"),
-            "{toml}"
-        );
+        assert_eq!(found.port_env.as_deref(), Some("PORT"));
+        assert!(!found.has_build_operation && !found.uses_qlot);
     }
 
     #[test]
@@ -579,20 +511,13 @@ mod tests {
             found.system, "my-app",
             "the defsystem name wins over a different stem"
         );
-        assert!(
-            found.has_build_operation
-                && found.uses_qlot
-                && found.has_run_lisp
-                && found.reads_project_port
+        assert!(found.has_build_operation && found.uses_qlot && found.has_run_lisp);
+        assert_eq!(found.port_env.as_deref(), Some("PROJECT_PORT"));
+        assert_eq!(entry(&found), Some("my-app:main"));
+        assert_eq!(
+            found.entry.as_ref().map(|e| e.file.clone()),
+            Some(PathBuf::from("myapp.asd"))
         );
-        assert_eq!(found.entry_guess.as_deref(), Some("my-app:main"));
-        let toml = render_toml(&found);
-        assert!(toml.contains("port_env = \"PROJECT_PORT\""), "{toml}");
-        assert!(
-            toml.contains("health = { start_timeout = \"120s\" }"),
-            "{toml}"
-        );
-        assert!(toml.contains("qlfile"), "{toml}");
     }
 
     #[test]
@@ -611,19 +536,52 @@ mod tests {
         let found = detect(&dir, None)
             .expect("readable")
             .expect("a lisp project");
-        assert_eq!(found.entry_guess.as_deref(), Some("svc::start"));
+        assert_eq!(entry(&found), Some("svc::start"));
     }
 
     #[test]
-    fn missing_entry_leaves_a_todo() {
+    fn an_exported_function_starting_hunchentoot_beats_main() {
+        let (_guard, dir) = project(&[
+            ("web.asd", "(defsystem \"web\" :components ((:file \"a\")))"),
+            (
+                "a.lisp",
+                "(defpackage :web (:use :cl) (:export #:launch #:main))\n(in-package :web)\n\
+                 (defun main () (print :cli))\n\
+                 (defun launch (&optional (port (parse-integer (sb-posix:getenv \"WEB_PORT\"))))\n  \
+                 (hunchentoot:start (make-instance 'hunchentoot:easy-acceptor :port port)))\n\
+                 (defun helper () (hunchentoot:start nil))\n",
+            ),
+        ]);
+        let found = detect(&dir, None)
+            .expect("readable")
+            .expect("a lisp project");
+        assert_eq!(entry(&found), Some("web:launch"));
+        assert_eq!(found.port_env.as_deref(), Some("WEB_PORT"));
+    }
+
+    #[test]
+    fn odd_defun_names_do_not_panic() {
+        let (_guard, dir) = project(&[
+            ("x.asd", "(defsystem :x)"),
+            (
+                "a.lisp",
+                "(in-package :x)\n(defun :é () 1)\n(defun \"é\" () 1)\n(defun (setf é) (v) v)\n(defun \n(defun main)\n(defun start () (getenv \"é",
+            ),
+        ]);
+        let found = detect(&dir, None)
+            .expect("readable")
+            .expect("a lisp project");
+        assert_eq!(entry(&found), Some("x::start"));
+    }
+
+    #[test]
+    fn missing_entry_is_none() {
         let (_guard, dir) = project(&[("x.asd", "(defsystem :x)")]);
         let found = detect(&dir, None)
             .expect("readable")
             .expect("a lisp project");
-        assert_eq!(found.entry_guess, None);
-        let toml = render_toml(&found);
-        assert!(toml.contains("# TODO: no entry function found"), "{toml}");
-        assert!(toml.contains("entry = \"TODO\""), "{toml}");
+        assert_eq!(found.entry, None);
+        assert_eq!(found.port_env, None);
     }
 
     #[test]
@@ -640,10 +598,5 @@ mod tests {
             vec!["a", "b", "c"]
         );
         assert!(defsystem_names("(defsystem-depends-on x) defsystem y").is_empty());
-    }
-
-    #[test]
-    fn toml_strings_are_escaped() {
-        assert_eq!(toml_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000A\"");
     }
 }

@@ -127,8 +127,70 @@ fn lisp_cookbook_app_is_detected_with_project_port_and_served() {
             "run.lisp"
         ])
     );
+    // The raw command keeps working, but init offers the first-class config and says what
+    // the raw command loses.
+    let found = r["found"].to_string();
+    for lost in [
+        "swank",
+        "graceful stop",
+        "windlass build",
+        "in-place reload",
+        "metrics",
+    ] {
+        assert!(
+            found.contains(lost),
+            "init does not say the raw command loses {lost}: {found}"
+        );
+    }
+    let config = std::fs::read_to_string(p.path().join("windlass.toml")).expect("config");
+    assert!(
+        config.contains(r#"# lisp = { system = "hello", entry = "hello:start-app" }"#),
+        "{config}"
+    );
+    let o = p.run(&["init", "--force", "--port", &port.to_string()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("lisp = { system, entry }"), "{out}");
     if on_path("sbcl") {
-        serves(&p, port, "hello from lisp", Duration::from_secs(60));
+        serves(&p, port, "hello from lisp", Duration::from_secs(240));
+    } else {
+        eprintln!("sbcl not installed: checked the config only (scripts/test.sh installs it)");
+    }
+}
+
+#[test]
+fn lisp_asdf_app_without_run_lisp_gets_first_class_lisp_config_and_is_served() {
+    let p = fixture("lisp-asdf");
+    let port = free_port();
+    let r = init_and_check(&p, port);
+    assert_eq!(r["kind"], "lisp");
+    let app = &r["apps"][0];
+    assert_eq!(
+        app["command"],
+        serde_json::json!({"system": "shop", "entry": "shop:start-app"}),
+        "{r:#}"
+    );
+    assert_eq!(app["port_env"], "PROJECT_PORT");
+    let config = std::fs::read_to_string(p.path().join("windlass.toml")).expect("config");
+    assert!(
+        config.contains(r#"lisp = { system = "shop", entry = "shop:start-app" }"#),
+        "{config}"
+    );
+    assert!(!config.contains("sbcl"), "no raw sbcl command: {config}");
+    // It says what it guessed and where to change it.
+    let found = r["found"].to_string();
+    assert!(
+        found.contains("shop:start-app") && found.contains("src/web.lisp"),
+        "{found}"
+    );
+    assert!(found.contains("entry"), "{found}");
+    if on_path("sbcl") {
+        // A cold compile of Hunchentoot on a shared 2-core machine: generous deadline.
+        serves(
+            &p,
+            port,
+            "hello from the lisp shop",
+            Duration::from_secs(240),
+        );
     } else {
         eprintln!("sbcl not installed: checked the config only (scripts/test.sh installs it)");
     }
