@@ -27,6 +27,8 @@ pub mod protocol;
 pub mod proxy;
 pub mod release;
 pub mod supervisor;
+#[cfg(test)]
+mod testrng;
 pub mod watch;
 
 pub use supervisor::unix_now;

@@ -377,6 +377,7 @@ fn looks_numeric(token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testrng::Rng;
 
     #[test]
     fn reads_a_swank_return() {
@@ -469,20 +470,6 @@ mod tests {
         // One big string is one node.
         let big = format!("(:write-string \"{}\")", "é".repeat(1 << 20));
         assert!(parse(&big).is_ok());
-    }
-
-    /// xorshift64*: deterministic, so a failure reproduces.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
     }
 
     /// Property: mutated swank messages (bounded, deterministic) are read or refused,

@@ -434,6 +434,7 @@ fn parse_metrics(value: &str) -> Result<LispMetrics, SwankError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testrng::Rng;
     use tokio::net::TcpListener;
 
     #[test]
@@ -575,20 +576,6 @@ mod tests {
             matches!(error, SwankError::Timeout(_) | SwankError::Closed),
             "{error}"
         );
-    }
-
-    /// xorshift64*: deterministic, so a failure reproduces.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
     }
 
     /// Hands out `data` a random few bytes per read, as a TCP peer might.
