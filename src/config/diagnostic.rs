@@ -46,10 +46,74 @@ impl Diagnostic {
             column,
             message: message.into(),
             help,
-            source_line: text[line_start..line_end].trim_end_matches('\r').to_owned(),
+            source_line: masked(
+                text,
+                line_start,
+                text[line_start..line_end].trim_end_matches('\r'),
+            ),
             width,
         }
     }
+}
+
+/// The line as shown under an error: quoted values masked (`"*****"`, same width, so the
+/// underline still points at the right place) when the line can hold a secret: an `env`
+/// key or a line in an `env` table, or `token` (the admin token).
+fn masked(text: &str, line_start: usize, line: &str) -> String {
+    if !holds_secrets(text, line_start, line) {
+        return line.to_owned();
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in line.chars() {
+        match quote {
+            Some(_) if escaped => {
+                escaped = false;
+                out.push('*');
+            }
+            Some('"') if c == '\\' => {
+                escaped = true;
+                out.push('*');
+            }
+            Some(q) if c == q => {
+                quote = None;
+                out.push(c);
+            }
+            Some(_) => out.push('*'),
+            None => {
+                if c == '"' || c == '\'' {
+                    quote = Some(c);
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// True for a line whose key is `env`/`env.X`/`token`, or that sits in a table named
+/// `[...env]` (the nearest header above it).
+fn holds_secrets(text: &str, line_start: usize, line: &str) -> bool {
+    let key = line.trim_start();
+    let key = key.split(['=', '.', ' ', '\t']).next().unwrap_or("");
+    if matches!(key.trim_matches('"'), "env" | "token") {
+        return true;
+    }
+    text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .is_some_and(|header| {
+            let name = header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("");
+            let name = name.trim();
+            name == "env" || name.ends_with(".env")
+        })
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -142,6 +206,20 @@ fn render(diags: &[Diagnostic]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_that_can_hold_secrets_are_shown_with_their_values_masked() {
+        let text = "[app.a]\nenv = { K = \"s3\\\"cret\", N = [1] }\n[app.a.env]\nX = 'abc'\n[admin]\ntoken = \"tok\"\nlisten = \"x\"\n";
+        let shown = |needle: &str| {
+            let at = text.find(needle).expect("in text");
+            Diagnostic::at(Path::new("w.toml"), text, Some(at..at + 1), "bad", None).source_line
+        };
+        assert_eq!(shown("N = "), "env = { K = \"********\", N = [1] }");
+        assert_eq!(shown("X = "), "X = '***'");
+        assert_eq!(shown("token"), "token = \"***\"");
+        // Other lines are quoted as they are.
+        assert_eq!(shown("listen"), "listen = \"x\"");
+    }
 
     #[test]
     fn line_and_column_are_one_based_and_count_characters() {

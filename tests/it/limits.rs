@@ -349,3 +349,38 @@ fn a_nul_byte_in_command_or_env_is_refused_where_it_is() {
     assert!(err.contains(".env:2:") && err.contains("NUL"), "{err}");
     assert!(!err.contains("TOPSECRET"), "{err}");
 }
+
+/// A config error on a line that holds secrets (an `env` table or key, the admin `token`)
+/// shows the line with its quoted values masked, keeping the position and the underline.
+#[test]
+fn a_config_error_on_a_secret_line_does_not_quote_the_secret() {
+    let p = Project::empty();
+    for (text, at) in [
+        (
+            "[app.web]\ncommand = \"sleep 1000\"\nenv = { API_KEY = \"sk_live_TOPSECRET\", N = [3] }\n",
+            "windlass.toml:3:",
+        ),
+        (
+            "[app.web]\ncommand = \"sleep 1000\"\n\n[app.web.env]\nAPI_KEY = \"sk_live_TOPSECRET\"\nN = [3]\n",
+            "windlass.toml:6:",
+        ),
+        (
+            "[app.web]\ncommand = \"sleep 1000\"\n\n[admin]\ntoken = \"sk_live_TOPSECRET\"\nlisten = \"nowhere\"\n",
+            "windlass.toml:",
+        ),
+        (
+            "[app.web]\ncommand = \"sleep 1000\"\n\n[admin]\ntoken = [\"sk_live_TOPSECRET\"]\n",
+            "windlass.toml:5:",
+        ),
+    ] {
+        p.write("windlass.toml", text);
+        let o = p.run(&["check"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(at), "{at} in {err}");
+        assert!(!err.contains("TOPSECRET"), "the secret leaked: {err}");
+        let o = p.run(&["check", "--json"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(!out.contains("TOPSECRET"), "the secret leaked: {out}");
+    }
+}
