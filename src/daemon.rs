@@ -147,6 +147,23 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 }
 
 /// Hooks for the foreground `up`: called once the supervisor runs.
+/// Listen backlog of the apps' public ports: nginx's 511 rather than the 128 of a plain
+/// `bind`, so a burst of new clients waits in the kernel (capped by `net.core.somaxconn`)
+/// while the proxy is at `max_connections` instead of being refused.
+const PUBLIC_BACKLOG: u32 = 511;
+
+/// Binds an app's public port (`SO_REUSEADDR`, as `std` does) with [`PUBLIC_BACKLOG`].
+fn bind_public(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(PUBLIC_BACKLOG)
+}
+
 pub type OnStarted = Box<dyn FnOnce(&Supervisor) + Send>;
 
 /// Runs the supervisor until a signal or `windlass down`; returns once every app is gone.
@@ -175,13 +192,11 @@ pub async fn run(
     for app in config.apps.iter() {
         if let Some(port) = app.port {
             let addr = std::net::SocketAddr::new(app.bind, port);
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| DaemonError::Bind {
-                    app: app.name.clone(),
-                    addr,
-                    source,
-                })?;
+            let l = bind_public(addr).map_err(|source| DaemonError::Bind {
+                app: app.name.clone(),
+                addr,
+                source,
+            })?;
             listeners.push((app.name.clone(), l));
         }
     }

@@ -334,3 +334,23 @@ fn at_the_hard_limit_connections_stay_under_the_cap_and_the_app_is_never_stopped
         sup.stderr()
     );
 }
+
+/// The public port's listen backlog (as `ss` reports it: Send-Q of the listening socket) is
+/// nginx's 511 or more, not the 128 of a plain `bind`: a burst of new clients waits in the
+/// kernel instead of being refused while the proxy is at its cap.
+#[test]
+fn the_public_port_has_a_deep_listen_backlog() {
+    let (port, admin) = (free_port(), free_port());
+    let p = Project::new(&config(port, admin));
+    let _sup = p.up(&[]);
+    let backlog = wait_for("ss to show the public listener", DEADLINE, || {
+        let o = Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let f: Vec<&str> = text.split_whitespace().collect();
+        (f.len() >= 3).then(|| f[2].parse::<u64>().ok()).flatten()
+    });
+    assert!(backlog >= 511, "listen backlog {backlog}");
+}
