@@ -217,7 +217,7 @@ impl HealthCheck {
     /// against the app (the supervisor keeps the process and checks again).
     pub async fn wait_healthy(&self, start_timeout: Duration) -> Result<Duration, StartError> {
         let start = Instant::now();
-        let deadline = start + start_timeout;
+        let deadline = crate::proxy::instant_after(start, start_timeout);
         let (mut logged, mut held) = (None, 0);
         loop {
             let attempt = Instant::now();

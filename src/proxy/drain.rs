@@ -62,7 +62,7 @@ pub(crate) async fn wait(backend: Arc<Backend>, deadline: Duration) -> DrainRepo
     let upgraded_at_start = backend.upgraded();
     let idle = backend
         .wait_until(
-            crate::proxy::deadline::instant_after(start, deadline),
+            crate::proxy::instant_after(start, deadline),
             Backend::is_idle,
         )
         .await;

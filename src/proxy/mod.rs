@@ -42,6 +42,7 @@ use tokio::net::TcpListener;
 
 pub use crate::proxy::backend::BackendId;
 pub use crate::proxy::config::{IpRange, ProxyConfig};
+pub(crate) use crate::proxy::deadline::instant_after;
 pub use crate::proxy::drain::DrainReport;
 pub use crate::proxy::error::{Fault, NotReplayed, ProxyError};
 pub use crate::proxy::limit::ConnectionStats;

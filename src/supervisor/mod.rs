@@ -148,16 +148,13 @@ struct InstanceHandle {
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Seconds since the Unix epoch, as a float (the API's time format).
-/// `now + d`, saturating at a far future (about 30 years) instead of panicking: config
-/// durations are capped at validation, and this keeps that cap from being load-bearing.
+/// `now + d`, saturating instead of panicking ([`crate::proxy::instant_after`], for the
+/// supervisor's `std` instants).
 pub(crate) fn instant_after(d: std::time::Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d)
-        .or_else(|| now.checked_add(std::time::Duration::from_secs(30 * 365 * 86_400)))
-        .unwrap_or(now)
+    crate::proxy::instant_after(tokio::time::Instant::now(), d).into_std()
 }
 
+/// Seconds since the Unix epoch, as a float (the API's time format).
 pub fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
