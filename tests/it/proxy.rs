@@ -427,6 +427,17 @@ async fn switch_under_concurrent_load_fails_no_request() {
     }
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     assert_eq!(done.load(SeqCst), CLIENTS * REQUESTS);
+    // A request is counted when its exchange ends, which may be just after the client has
+    // read the answer: wait until every request is counted, whatever its class.
+    let counted = || {
+        (1..=5)
+            .map(|c| proxy.metrics().requests_of_class(c))
+            .sum::<u64>()
+    };
+    wait_until("every request counted", || {
+        counted() >= (CLIENTS * REQUESTS) as u64
+    })
+    .await;
     let m = proxy.metrics();
     assert_eq!(m.requests_of_class(2), (CLIENTS * REQUESTS) as u64);
     assert_eq!(m.requests_of_class(5), 0);
