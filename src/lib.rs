@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod dashboard;
 pub mod health;
 pub mod init;
+pub mod layout;
 pub mod limits;
 pub mod lisp;
 pub mod logs;

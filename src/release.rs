@@ -294,7 +294,7 @@ pub async fn build(app: &AppConfig) -> Result<Release, ReleaseError> {
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
     let mpath = tmp.join(MANIFEST);
-    crate::daemon::write_atomic(&mpath, &json).map_err(io("write", &mpath))?;
+    crate::layout::write_atomic(&mpath, &json).map_err(io("write", &mpath))?;
     let final_dir = dir.join(&id);
     std::fs::rename(&tmp, &final_dir).map_err(io("rename into place", &final_dir))?;
     let pinned = match &lisp.release {

@@ -24,7 +24,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigError};
 use crate::control::client::{Client, ClientError};
-use crate::daemon::{DaemonError, Paths};
+use crate::daemon::DaemonError;
+use crate::layout::Layout;
 
 /// Documented exit codes.
 pub mod exit {
@@ -174,11 +175,7 @@ pub fn client(file: Option<&PathBuf>) -> Result<Client> {
     })?;
     let path = config::discover(&cwd, file.map(PathBuf::as_path))?;
     let root = path.parent().map(PathBuf::from).unwrap_or_default();
-    let dir = match std::env::var_os(config::envvars::STATE_DIR) {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => root.join(".windlass"),
-    };
-    Ok(Client::new(&Paths { dir }.socket()))
+    Ok(Client::new(&Layout::of_root(&root).socket()))
 }
 
 fn init_tracing(verbose: u8) {

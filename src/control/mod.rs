@@ -252,7 +252,7 @@ async fn logs(AxState(ctx): AxState<Ctx>, Query(q): Query<LogsQuery>) -> Respons
                             line: format!(
                                 "older lines not shown: a log read returns at most {} MiB per app; they are in {}",
                                 MAX_BYTES >> 20,
-                                crate::logs::log_path(&dir, a).display()
+                                crate::layout::log_path(&dir, a).display()
                             ),
                         });
                     }

@@ -174,7 +174,7 @@ impl Supervisor {
                 });
             }
         }
-        let log_dir = config.state_dir().join("logs");
+        let log_dir = config.layout().logs_dir();
         std::fs::create_dir_all(&log_dir).map_err(|e| SupervisorError::Io {
             path: log_dir.clone(),
             source: e,
@@ -313,7 +313,7 @@ impl Supervisor {
     }
 
     pub fn log_dir(&self) -> PathBuf {
-        self.shared.config.state_dir().join("logs")
+        self.shared.config.layout().logs_dir()
     }
 
     /// Starts, stops or restarts every instance of `app`; returns once all have done it.
