@@ -74,6 +74,15 @@ impl Config {
     }
 }
 
+/// True if `id` can name a release (a folder in [`Layout::releases_dir`]): what
+/// `release = "ID"` accepts and what `windlass build` and `releases` list.
+pub fn valid_release_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with(['.', '-'])
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
 #[derive(Clone)]
 pub struct AppConfig {
     pub name: String,

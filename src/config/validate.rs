@@ -630,7 +630,7 @@ fn resolve_lisp(
         let v = r.get_ref().trim();
         if v == "latest" {
             Some(ReleaseSel::Latest)
-        } else if crate::release::valid_id(v) {
+        } else if super::valid_release_id(v) {
             Some(ReleaseSel::Id(v.to_owned()))
         } else {
             cx.error(
