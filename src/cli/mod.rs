@@ -254,7 +254,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardian>) -> Result {
-    use crate::supervisor::Action;
+    use crate::protocol::Action;
     match cli.command {
         Command::Up(a) => up::run(a, guardian).await,
         Command::Down(a) => ctl::down(a).await,

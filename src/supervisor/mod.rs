@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{self as cfg, AppConfig, Config, ReloadStrategy};
 use crate::logs::{AppLog, Tap};
-use crate::protocol::{AppStatus, InstanceStatus, LogLine, State, Status, SupervisorInfo};
+use crate::protocol::{Action, AppStatus, InstanceStatus, LogLine, State, Status, SupervisorInfo};
 use crate::proxy::{AppProxy, ProxyConfig};
 use guardian::Guardian;
 use instance::{Cmd, InstanceCell, InstanceCtx, Outcome, Request};
@@ -68,14 +68,6 @@ impl SupervisorError {
             _ => None,
         }
     }
-}
-
-/// An action on all instances of an app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Start,
-    Stop,
-    Restart,
 }
 
 /// How to start the supervisor.
@@ -316,14 +308,16 @@ impl Supervisor {
         self.shared.config.layout().logs_dir()
     }
 
-    /// Starts, stops or restarts every instance of `app`; returns once all have done it.
+    /// Starts, stops or restarts every instance of `app` (a reload is [`Supervisor::reload`]);
+    /// returns once all have done it.
     pub async fn act(&self, app: &str, action: Action) -> Result<AppStatus, SupervisorError> {
-        let rt = self.app(app)?;
         let cmd = match action {
             Action::Start => Cmd::Start,
             Action::Stop => Cmd::Stop,
             Action::Restart => Cmd::Restart,
+            Action::Reload => return self.reload(app).await.map(|(status, _)| status),
         };
+        let rt = self.app(app)?;
         let after = Instant::now();
         if matches!(action, Action::Restart) {
             rt.log.note(None, "restart requested");
