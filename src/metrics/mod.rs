@@ -11,7 +11,7 @@
 
 pub mod lisp;
 pub mod procs;
-pub mod proxy;
+pub mod proxy_collector;
 
 use std::sync::Arc;
 
@@ -55,7 +55,7 @@ impl Metrics {
         registry.register_collector(Box::new(SupervisorCollector {
             supervisor: supervisor.clone(),
         }));
-        registry.register_collector(Box::new(proxy::ProxyCollector {
+        registry.register_collector(Box::new(proxy_collector::ProxyCollector {
             supervisor: supervisor.clone(),
         }));
         let lisp = lisp::LispCache::default();

@@ -90,10 +90,10 @@ pub fn log_tap() -> (Tap, broadcast::Receiver<Arc<LogLine>>) {
 /// Cheap to clone; every clone drives the same supervisor.
 #[derive(Clone)]
 pub struct Supervisor {
-    shared: Arc<Shared>,
+    shared: Arc<Inner>,
 }
 
-struct Shared {
+struct Inner {
     config: Config,
     apps: Vec<AppRuntime>,
     tap: Tap,
@@ -239,7 +239,7 @@ impl Supervisor {
             });
         }
         Ok(Supervisor {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Inner {
                 config,
                 apps,
                 tap,
