@@ -10,26 +10,26 @@
 //! `windlass init`, [`ports`] finds who holds a port and [`limits`] handles the open-files
 //! limit.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod daemon;
-pub mod dashboard;
+pub(crate) mod control;
+pub(crate) mod daemon;
+pub(crate) mod dashboard;
 pub mod health;
-pub mod init;
-pub mod layout;
-pub mod limits;
+pub(crate) mod init;
+pub(crate) mod layout;
+pub(crate) mod limits;
 pub mod lisp;
-pub mod logs;
-pub mod metrics;
-pub mod ports;
-pub mod protocol;
+pub(crate) mod logs;
+pub(crate) mod metrics;
+pub(crate) mod ports;
+pub(crate) mod protocol;
 pub mod proxy;
-pub mod release;
-pub mod supervisor;
+pub(crate) mod release;
+pub(crate) mod supervisor;
 #[cfg(test)]
 mod testrng;
-pub mod watch;
+pub(crate) mod watch;
 
-pub use supervisor::unix_now;
+pub(crate) use supervisor::unix_now;

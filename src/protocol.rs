@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version in every path: `/v1/status`, `/v1/logs`, ...
 pub const VERSION: u32 = 1;
-pub const PREFIX: &str = "/v1";
 
 /// `GET /v1/status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,11 +155,6 @@ impl State {
     /// True for states that need a person's attention.
     pub fn is_failed(self) -> bool {
         matches!(self, State::Crashloop | State::Fatal)
-    }
-
-    /// True once a start attempt has settled (running, or failed for good).
-    pub fn is_settled(self) -> bool {
-        !matches!(self, State::Starting | State::Stopping)
     }
 }
 

@@ -10,7 +10,7 @@ mod completions;
 pub(crate) mod ctl;
 mod init;
 mod logs;
-pub mod output;
+pub(crate) mod output;
 mod releases;
 mod repl;
 mod status;

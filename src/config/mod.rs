@@ -5,9 +5,9 @@
 //! error, each with file:line:column and a hint. With no `windlass.toml`, a `Procfile` is read
 //! ([`procfile`]). The rest of windlass only ever sees the resolved [`Config`].
 
-pub mod diagnostic;
-pub mod envfile;
-pub mod procfile;
+pub(crate) mod diagnostic;
+pub(crate) mod envfile;
+pub(crate) mod procfile;
 pub mod raw;
 mod validate;
 

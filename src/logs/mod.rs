@@ -113,10 +113,6 @@ impl AppLog {
         }
     }
 
-    pub fn app(&self) -> &str {
-        &self.app
-    }
-
     /// Lines that could not be written to disk since the supervisor started.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

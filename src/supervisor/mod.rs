@@ -98,8 +98,8 @@ struct Inner {
     apps: Vec<AppRuntime>,
     tap: Tap,
     force: watch::Sender<bool>,
-    changed: Arc<watch::Sender<u64>>,
-    guardian: Option<Arc<Guardian>>,
+    /// Held for its lifetime: the guardian kills every app when its pipe closes.
+    _guardian: Option<Arc<Guardian>>,
     started_at: f64,
     pid: u32,
     admin: Option<std::net::SocketAddr>,
@@ -244,8 +244,7 @@ impl Supervisor {
                 apps,
                 tap,
                 force,
-                changed,
-                guardian,
+                _guardian: guardian,
                 started_at: unix_now(),
                 pid: std::process::id(),
                 admin: opts.admin,
@@ -292,11 +291,6 @@ impl Supervisor {
     /// Follows every log line from now on.
     pub fn subscribe_logs(&self) -> broadcast::Receiver<Arc<LogLine>> {
         self.shared.tap.subscribe()
-    }
-
-    /// Changes whenever any instance changes state.
-    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
-        self.shared.changed.subscribe()
     }
 
     /// Log settings of an app (for reading its files).
@@ -553,15 +547,6 @@ impl Supervisor {
         self.shared.force.send_replace(true);
     }
 
-    /// True when no instance is starting or stopping.
-    pub fn settled(&self) -> bool {
-        self.shared.apps.iter().all(|a| {
-            a.instances
-                .iter()
-                .all(|i| i.cell.snapshot().state.is_settled())
-        })
-    }
-
     pub fn status(&self) -> Status {
         Status {
             version: crate::protocol::VERSION,
@@ -658,11 +643,6 @@ impl Supervisor {
     /// The admin listener's base URL, when it runs.
     pub fn admin_url(&self) -> Option<String> {
         self.shared.admin.map(|a| format!("http://{a}/"))
-    }
-
-    /// The pid of the guardian process, if any.
-    pub fn guardian_pid(&self) -> Option<i32> {
-        self.shared.guardian.as_ref().map(|g| g.pid().as_raw())
     }
 }
 
