@@ -18,6 +18,8 @@ pub(crate) mod daemon;
 pub(crate) mod dashboard;
 pub mod health;
 pub(crate) mod init;
+#[cfg(test)]
+mod layering;
 pub(crate) mod layout;
 pub(crate) mod limits;
 pub mod lisp;
