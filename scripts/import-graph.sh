@@ -71,7 +71,12 @@ for me, path in mods.items():
     cut = re.search(r"^#\[cfg\(test\)\]\s*\n\s*mod tests", text, re.M)
     if cut:
         text = text[: cut.start()]
-    text = re.sub(r"//[^\n]*", "", text)
+    # comments, strings and char literals are not imports (one pass, so `"http://"` is a string)
+    text = re.sub(
+        r'//[^\n]*|r(#+)"[\s\S]*?"\1|"(?:\\[\s\S]|[^"\\])*"|\'(?:\\.|[^\\\'])\'',
+        lambda m: "" if m.group(0).startswith("//") else '""',
+        text,
+    )
     is_dir_mod = os.path.basename(path) in ("mod.rs", "lib.rs")
     paths = []
     for m in re.finditer(r"\buse\s+([^;]*);", text):
