@@ -1,5 +1,6 @@
 //! The long-running side of `windlass up`: the project lock, the pid file, the control socket,
-//! signal handling and the orderly shutdown that leaves no app process behind.
+//! signal handling and the orderly shutdown that leaves no app process behind. Where those
+//! files are is [`crate::layout`]'s business; this module owns what happens with them.
 //!
 //! At start the supervisor raises its open-files soft limit to the hard limit
 //! ([`crate::limits`]); the apps get the limit it was started with.

@@ -1,4 +1,7 @@
-//! The control API's wire types, shared by the supervisor (server) and the CLI (client).
+//! The control API's wire types, shared by the supervisor (server) and the CLI (client): the
+//! status of apps and instances, log lines, the action verbs ([`Action`]) and their answers,
+//! and a Lisp image's figures ([`LispMetrics`]). Plain data: this module imports nothing that
+//! behaves, so both ends can use it without pulling in the other.
 //!
 //! The API is HTTP/1.1 with JSON bodies, on `.windlass/control.sock`. Paths carry the protocol
 //! version (`/v1/...`), which is independent of the crate version: fields may be added within a

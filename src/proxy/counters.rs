@@ -1,6 +1,6 @@
-//! Per-app proxy metrics: plain atomics bumped on the request path and read as a
+//! Per-app proxy counters: plain atomics bumped on the request path and read as a
 //! [`MetricsSnapshot`]. There are no globals: each [`AppProxy`](crate::proxy::AppProxy)
-//! owns one [`Counters`] and the admin listener turns snapshots into Prometheus text
+//! owns one [`Counters`] and `metrics/proxy_collector.rs` turns snapshots into Prometheus text
 //! (`windlass_proxy_requests_total{app,code}`, a duration histogram, an in-flight gauge,
 //! upstream errors by cause). Counters use `Relaxed` ordering: they are statistics, not
 //! synchronisation, and this keeps the hot path to a handful of uncontended increments.
