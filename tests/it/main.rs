@@ -20,6 +20,7 @@ mod logs;
 mod observe;
 mod output;
 mod proxy;
+mod releases;
 mod reload;
 mod replay;
 mod supervise;
