@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dashboard;
+pub mod export;
 pub mod health;
 pub mod init;
 pub mod limits;

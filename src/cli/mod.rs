@@ -8,6 +8,7 @@ mod build;
 mod check;
 mod completions;
 pub(crate) mod ctl;
+mod export;
 mod init;
 mod logs;
 pub mod output;
@@ -49,7 +50,8 @@ Examples:
   windlass down               stop every app and the supervisor
   windlass build              build a release of each Common Lisp app
   windlass repl hello         a Lisp REPL into app `hello` over swank
-  windlass attach hello       the app's console (its REPL); detach with Ctrl-]";
+  windlass attach hello       the app's console (its REPL); detach with Ctrl-]
+  windlass export systemd     a systemd unit for the project (also: docker, k8s)";
 
 /// Run, supervise, hot-reload, monitor and deploy web apps.
 #[derive(Debug, Parser)]
@@ -81,6 +83,7 @@ pub enum Command {
     Releases(releases::Args),
     Repl(repl::Args),
     Attach(attach::Args),
+    Export(export::Args),
 }
 
 /// An error on its way to the terminal: message, hint, exit code.
@@ -276,6 +279,7 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Releases(a) => releases::run(a),
         Command::Repl(a) => repl::run(a).await,
         Command::Attach(a) => attach::run(a).await,
+        Command::Export(a) => export::run(a),
     }
 }
 

@@ -10,6 +10,7 @@ mod control;
 mod dashboard;
 mod discovery;
 mod docs;
+mod export;
 mod flood;
 mod init;
 mod limits;
