@@ -23,6 +23,7 @@ pub mod limits;
 pub mod lisp;
 pub mod logs;
 pub mod metrics;
+pub mod notify;
 pub mod ports;
 pub mod protocol;
 pub mod proxy;

@@ -192,6 +192,16 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("windlass={default}")));
+    if crate::notify::under_systemd() {
+        // journald reads each line's `<N>` priority.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(crate::notify::JournalFormat)
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -244,6 +254,9 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let color = output::color_stderr();
+            if crate::notify::under_systemd() {
+                eprint!("<{}>", crate::notify::priority(tracing::Level::ERROR));
+            }
             // Messages can quote what apps wrote (a reload's diagnostics, a health check's
             // answer): control characters are shown, not obeyed.
             eprintln!(
