@@ -240,6 +240,27 @@ pub fn container_config(config: &Config) -> Result<String, ExportError> {
     ))
 }
 
+/// The binaries the apps run from `target/release/` (directly, or through `cargo run`).
+fn rust_binaries(config: &Config) -> Vec<String> {
+    let mut bins: Vec<String> = config
+        .apps
+        .iter()
+        .filter_map(|a| {
+            cargo_run_binary(&a.argv, &config.root).or_else(|| {
+                let first = a.argv.first()?;
+                let bin = first
+                    .strip_prefix("./")
+                    .unwrap_or(first)
+                    .strip_prefix("target/release/")?;
+                (!bin.contains('/')).then(|| bin.to_owned())
+            })
+        })
+        .collect();
+    bins.sort();
+    bins.dedup();
+    bins
+}
+
 /// The binary `cargo run --release [--bin X]` runs, when `argv` is that.
 fn cargo_run_binary(argv: &[String], root: &Path) -> Option<String> {
     let words: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -418,7 +439,15 @@ fn dockerfile(config: &Config, stack: &Stack) -> String {
         Stack::Rust { .. } => {
             d.push_str("COPY . .\n");
             d.push_str(&toml_copy);
-            d.push_str("COPY --from=build /app/target/release/ ./target/release/\n");
+            let bins = rust_binaries(config);
+            if bins.is_empty() {
+                d.push_str("COPY --from=build /app/target/release/ ./target/release/\n");
+            }
+            for bin in bins {
+                d.push_str(&format!(
+                    "COPY --from=build /app/target/release/{bin} ./target/release/{bin}\n"
+                ));
+            }
         }
         Stack::Node { .. } => {
             d.push_str("COPY --from=build /app ./\n");
