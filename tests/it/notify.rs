@@ -236,3 +236,31 @@ fn own_log_lines_carry_journald_priorities_under_systemd() {
         assert!(!l.contains('\u{1b}'), "colour under journald: {l:?}");
     }
 }
+
+/// `JOURNAL_STREAM` counts only when it names windlass's actual stderr (systemd's contract):
+/// an error then carries journald's error priority.
+#[test]
+fn journal_stream_naming_stderr_gets_priorities_and_a_stale_one_does_not() {
+    use std::os::unix::fs::MetadataExt;
+    let p = Project::new("[app.web]\ncommand = [\"true\"]\nbogus = 1\n");
+    let err = p.path().join("check.err");
+    for matching in [true, false] {
+        let file = std::fs::File::create(&err).expect("stderr file");
+        let meta = file.metadata().expect("stat");
+        let stream = if matching {
+            format!("{}:{}", meta.dev(), meta.ino())
+        } else {
+            format!("{}:{}", meta.dev(), meta.ino() + 1)
+        };
+        let status = p
+            .cmd(&["check"])
+            .env_remove("NOTIFY_SOCKET")
+            .env("JOURNAL_STREAM", stream)
+            .stderr(file)
+            .status()
+            .expect("check");
+        assert_eq!(status.code(), Some(2));
+        let text = std::fs::read_to_string(&err).expect("read");
+        assert_eq!(text.starts_with("<3>"), matching, "{text}");
+    }
+}
