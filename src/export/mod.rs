@@ -96,7 +96,7 @@ pub fn write(dir: &Path, files: &[Generated]) -> Result<Vec<PathBuf>, ExportErro
                 source,
             })?;
         }
-        crate::daemon::write_atomic(&path, f.contents.as_bytes()).map_err(|source| {
+        crate::layout::write_atomic(&path, f.contents.as_bytes()).map_err(|source| {
             ExportError::Write {
                 path: path.clone(),
                 source,
