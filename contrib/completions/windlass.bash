@@ -31,6 +31,9 @@ _windlass() {
             windlass,down)
                 cmd="windlass__subcmd__down"
                 ;;
+            windlass,export)
+                cmd="windlass__subcmd__export"
+                ;;
             windlass,help)
                 cmd="windlass__subcmd__help"
                 ;;
@@ -58,6 +61,9 @@ _windlass() {
             windlass,restart)
                 cmd="windlass__subcmd__restart"
                 ;;
+            windlass,rollback)
+                cmd="windlass__subcmd__rollback"
+                ;;
             windlass,start)
                 cmd="windlass__subcmd__start"
                 ;;
@@ -73,6 +79,30 @@ _windlass() {
             windlass,up)
                 cmd="windlass__subcmd__up"
                 ;;
+            windlass__subcmd__export,docker)
+                cmd="windlass__subcmd__export__subcmd__docker"
+                ;;
+            windlass__subcmd__export,help)
+                cmd="windlass__subcmd__export__subcmd__help"
+                ;;
+            windlass__subcmd__export,k8s)
+                cmd="windlass__subcmd__export__subcmd__k8s"
+                ;;
+            windlass__subcmd__export,systemd)
+                cmd="windlass__subcmd__export__subcmd__systemd"
+                ;;
+            windlass__subcmd__export__subcmd__help,docker)
+                cmd="windlass__subcmd__export__subcmd__help__subcmd__docker"
+                ;;
+            windlass__subcmd__export__subcmd__help,help)
+                cmd="windlass__subcmd__export__subcmd__help__subcmd__help"
+                ;;
+            windlass__subcmd__export__subcmd__help,k8s)
+                cmd="windlass__subcmd__export__subcmd__help__subcmd__k8s"
+                ;;
+            windlass__subcmd__export__subcmd__help,systemd)
+                cmd="windlass__subcmd__export__subcmd__help__subcmd__systemd"
+                ;;
             windlass__subcmd__help,attach)
                 cmd="windlass__subcmd__help__subcmd__attach"
                 ;;
@@ -87,6 +117,9 @@ _windlass() {
                 ;;
             windlass__subcmd__help,down)
                 cmd="windlass__subcmd__help__subcmd__down"
+                ;;
+            windlass__subcmd__help,export)
+                cmd="windlass__subcmd__help__subcmd__export"
                 ;;
             windlass__subcmd__help,help)
                 cmd="windlass__subcmd__help__subcmd__help"
@@ -112,6 +145,9 @@ _windlass() {
             windlass__subcmd__help,restart)
                 cmd="windlass__subcmd__help__subcmd__restart"
                 ;;
+            windlass__subcmd__help,rollback)
+                cmd="windlass__subcmd__help__subcmd__rollback"
+                ;;
             windlass__subcmd__help,start)
                 cmd="windlass__subcmd__help__subcmd__start"
                 ;;
@@ -127,6 +163,15 @@ _windlass() {
             windlass__subcmd__help,up)
                 cmd="windlass__subcmd__help__subcmd__up"
                 ;;
+            windlass__subcmd__help__subcmd__export,docker)
+                cmd="windlass__subcmd__help__subcmd__export__subcmd__docker"
+                ;;
+            windlass__subcmd__help__subcmd__export,k8s)
+                cmd="windlass__subcmd__help__subcmd__export__subcmd__k8s"
+                ;;
+            windlass__subcmd__help__subcmd__export,systemd)
+                cmd="windlass__subcmd__help__subcmd__export__subcmd__systemd"
+                ;;
             *)
                 ;;
         esac
@@ -134,7 +179,7 @@ _windlass() {
 
     case "${cmd}" in
         windlass)
-            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases repl attach help"
+            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases rollback repl attach export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -253,8 +298,194 @@ _windlass() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        windlass__subcmd__export)
+            opts="-v -h -V --verbose --help --version systemd docker k8s help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__docker)
+            opts="-o -f -v -h -V --output --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__help)
+            opts="systemd docker k8s help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__help__subcmd__docker)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__help__subcmd__k8s)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__help__subcmd__systemd)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__k8s)
+            opts="-o -f -v -h -V --output --namespace --image --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --image)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__systemd)
+            opts="-o -f -v -h -V --user --output --run-as --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         windlass__subcmd__help)
-            opts="up down status logs start stop restart reload check top init completions man build releases repl attach help"
+            opts="up down status logs start stop restart reload check top init completions man build releases rollback repl attach export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -326,6 +557,62 @@ _windlass() {
         windlass__subcmd__help__subcmd__down)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__export)
+            opts="systemd docker k8s"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__export__subcmd__docker)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__export__subcmd__k8s)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__export__subcmd__systemd)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -436,6 +723,20 @@ _windlass() {
             return 0
             ;;
         windlass__subcmd__help__subcmd__restart)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__rollback)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -685,6 +986,28 @@ _windlass() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        windlass__subcmd__rollback)
+            opts="-f -v -h -V --json --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         windlass__subcmd__start)
             opts="-f -v -h -V --file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -782,7 +1105,7 @@ _windlass() {
             return 0
             ;;
         windlass__subcmd__up)
-            opts="-d -f -v -h -V --detach --file --wait --detached-child --verbose --help --version"
+            opts="-d -f -v -h -V --detach --file --wait --instances --detached-child --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -797,6 +1120,10 @@ _windlass() {
                     return 0
                     ;;
                 --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instances)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
