@@ -53,6 +53,12 @@ pub enum SupervisorError {
         reason: String,
         hint: Option<String>,
     },
+    /// `windlass rollback` named no usable release (nothing was touched).
+    #[error("{reason}")]
+    BadRelease {
+        reason: String,
+        hint: Option<String>,
+    },
     /// The compile step of a Lisp app failed before a restart touched any instance.
     #[error("`{app}` was not restarted: {reason}")]
     RestartFailed { app: String, reason: String },
@@ -65,7 +71,8 @@ impl SupervisorError {
             SupervisorError::UnknownApp { known, .. } => {
                 Some(format!("apps: {}", known.join(", ")))
             }
-            SupervisorError::ReloadFailed { hint, .. } => hint.clone(),
+            SupervisorError::ReloadFailed { hint, .. }
+            | SupervisorError::BadRelease { hint, .. } => hint.clone(),
             _ => None,
         }
     }
@@ -396,11 +403,8 @@ impl Supervisor {
         let rt = self.app(app)?;
         let _one_at_a_time = rt.reload_lock.lock().await;
         let cfg = rt.config.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let bad = |reason: String, hint: Option<String>| SupervisorError::ReloadFailed {
-            app: app.to_owned(),
-            reason,
-            hint,
-        };
+        let bad =
+            |reason: String, hint: Option<String>| SupervisorError::BadRelease { reason, hint };
         if cfg.releases.sel.is_none() {
             return Err(bad(
                 format!("app `{app}` runs from source, not from releases"),
