@@ -44,8 +44,16 @@ pub enum SupervisorError {
     },
     #[error("the supervisor is shutting down")]
     ShuttingDown,
+    /// The config file no longer loads (a reload re-reads it).
     #[error("{0}")]
-    Config(String),
+    Config(#[source] cfg::ConfigError),
+    #[error("app `{app}` is no longer in {}", file.display())]
+    AppRemoved { app: String, file: PathBuf },
+    /// A setting changed that only a supervisor restart applies.
+    #[error(
+        "`port` and `instances` of `{app}` changed in the config; they take effect when the supervisor restarts (`windlass down && windlass up -d`)"
+    )]
+    NeedsRestart { app: String },
     #[error("reload of `{app}` failed: {reason}")]
     ReloadFailed {
         app: String,
@@ -173,7 +181,6 @@ impl Supervisor {
         })?;
         let tap = opts.tap.clone().unwrap_or_else(|| log_tap().0);
         let (force, _) = watch::channel(false);
-        let changed = Arc::new(watch::channel(0u64).0);
         let guardian = opts.guardian.map(Arc::new);
         let guardian_fd = guardian.as_ref().map(|g| g.raw_fd());
         let on_gone: Arc<dyn Fn(i32) + Send + Sync> = match &guardian {
@@ -185,6 +192,7 @@ impl Supervisor {
         };
         let budget = connection_budget(&config);
         let up_at = Instant::now();
+        let spawner: Arc<dyn instance::Spawner> = Arc::new(instance::OsSpawner);
         let mut apps = Vec::new();
         for app in &config.apps {
             let autostart = if opts.only.is_empty() {
@@ -215,10 +223,10 @@ impl Supervisor {
                     proxy: proxy.clone(),
                     counters: counters.clone(),
                     force: force.subscribe(),
-                    changed: changed.clone(),
                     on_group_gone: on_gone.clone(),
                     compiler: compiler.clone(),
                     up_at,
+                    spawner: spawner.clone(),
                 };
                 let task = tokio::spawn(instance::run(ctx, rx, autostart));
                 instances.push(InstanceHandle {
@@ -346,19 +354,19 @@ impl Supervisor {
     pub async fn reload(&self, app: &str) -> Result<(AppStatus, Vec<String>), SupervisorError> {
         let rt = self.app(app)?;
         let _one_at_a_time = rt.reload_lock.lock().await;
-        let fresh = cfg::load(&self.shared.config.file)
-            .map_err(|e| SupervisorError::Config(e.to_string()))?;
-        let new_app = fresh.app(app).cloned().ok_or_else(|| {
-            SupervisorError::Config(format!(
-                "app `{app}` is no longer in {}",
-                self.shared.config.file.display()
-            ))
-        })?;
+        let fresh = cfg::load(&self.shared.config.file).map_err(SupervisorError::Config)?;
+        let new_app = fresh
+            .app(app)
+            .cloned()
+            .ok_or_else(|| SupervisorError::AppRemoved {
+                app: app.to_owned(),
+                file: self.shared.config.file.clone(),
+            })?;
         let current = rt.config.read().unwrap_or_else(|p| p.into_inner()).clone();
         if new_app.port != current.port || new_app.instances != current.instances {
-            return Err(SupervisorError::Config(format!(
-                "`port` and `instances` of `{app}` changed in the config; they take effect when the supervisor restarts (`windlass down && windlass up -d`)"
-            )));
+            return Err(SupervisorError::NeedsRestart {
+                app: app.to_owned(),
+            });
         }
         let strategy = new_app.reload;
         *rt.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_app.clone());
@@ -401,7 +409,7 @@ impl Supervisor {
                     let outcome: Outcome = send(inst, cmd, after)
                         .await?
                         .await
-                        .unwrap_or_else(|_| Err("the instance task ended".into()));
+                        .unwrap_or(Err(instance::InstanceError::TaskEnded));
                     match outcome {
                         Ok(m) => messages.push(format!(
                             "{app}.{}: {}",
@@ -413,7 +421,7 @@ impl Supervisor {
                             rt.log.note(None, &format!("reload failed: {reason}"));
                             return Err(SupervisorError::ReloadFailed {
                                 app: app.to_owned(),
-                                reason,
+                                reason: reason.to_string(),
                                 hint: None,
                             });
                         }
