@@ -15,6 +15,7 @@ pub mod instance;
 pub mod lisp_compile;
 pub mod lisp_image;
 pub mod process;
+pub mod usage;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -564,16 +565,17 @@ impl Supervisor {
                 config: self.shared.config.file.display().to_string(),
                 windlass_version: env!("CARGO_PKG_VERSION").to_owned(),
                 admin_url: self.admin_url(),
-                memory_bytes: procfs::process::Process::myself()
-                    .and_then(|p| p.stat())
-                    .map_or(0, |s| s.rss * procfs::page_size()),
+                memory_bytes: usage::myself().map_or(0, |u| u.resident_bytes),
             },
-            apps: self
-                .shared
-                .apps
-                .iter()
-                .map(|a| self.app_status(a))
-                .collect(),
+            apps: {
+                // One pass over /proc for every instance.
+                let usage = usage::groups(&self.pgids(self.shared.apps.iter()));
+                self.shared
+                    .apps
+                    .iter()
+                    .map(|a| self.app_status_with(a, &usage))
+                    .collect()
+            },
         }
     }
 
@@ -582,6 +584,24 @@ impl Supervisor {
     }
 
     fn app_status(&self, rt: &AppRuntime) -> AppStatus {
+        let usage = usage::groups(&self.pgids(std::iter::once(rt)));
+        self.app_status_with(rt, &usage)
+    }
+
+    /// The process groups of the running instances of `apps`.
+    fn pgids<'a>(&self, apps: impl Iterator<Item = &'a AppRuntime>) -> Vec<i32> {
+        apps.flat_map(|a| a.instances.iter())
+            .filter_map(|i| i.cell.snapshot().pid)
+            .filter_map(|p| i32::try_from(p).ok())
+            .collect()
+    }
+
+    /// `rt`'s status, with the usage of its groups read by [`usage::groups`].
+    fn app_status_with(
+        &self,
+        rt: &AppRuntime,
+        usage: &std::collections::HashMap<i32, usage::Usage>,
+    ) -> AppStatus {
         let cfg = rt.config.read().unwrap_or_else(|p| p.into_inner()).clone();
         let now = Instant::now();
         let instances: Vec<InstanceStatus> = rt
@@ -589,7 +609,10 @@ impl Supervisor {
             .iter()
             .map(|i| {
                 let s = i.cell.snapshot();
-                let usage = s.pid.and_then(|p| process::group_usage(p as i32));
+                let usage = s
+                    .pid
+                    .and_then(|p| i32::try_from(p).ok())
+                    .and_then(|p| usage.get(&p));
                 InstanceStatus {
                     index: i.cell.index,
                     state: s.state,
@@ -604,8 +627,8 @@ impl Supervisor {
                         .filter(|_| s.pid.is_some())
                         .map(|(_, i)| now.duration_since(i).as_secs_f64()),
                     restarts: s.restarts,
-                    memory_bytes: usage.map(|u| u.0),
-                    cpu_seconds: usage.map(|u| u.1),
+                    memory_bytes: usage.map(|u| u.resident_bytes),
+                    cpu_seconds: usage.map(|u| u.cpu_seconds),
                     last_exit: s.last_exit,
                     last_stderr: i.cell.stderr_tail(),
                     reloads: s.reloads,
