@@ -15,6 +15,7 @@ pub mod instance;
 pub mod lisp_compile;
 pub mod lisp_image;
 pub mod process;
+pub mod reaper;
 pub mod usage;
 
 use std::path::PathBuf;
@@ -112,6 +113,26 @@ struct Inner {
     started_at: f64,
     pid: u32,
     admin: Option<std::net::SocketAddr>,
+    /// Bumped whenever an instance changes state (systemd's STATUS= follows it).
+    changed: Arc<watch::Sender<u64>>,
+    /// How many reloads are under way (systemd's RELOADING=1 while above zero).
+    reloading: watch::Sender<u32>,
+}
+
+/// Counts a reload in [`Inner::reloading`] while it lives.
+struct Reloading<'a>(&'a watch::Sender<u32>);
+
+impl<'a> Reloading<'a> {
+    fn begin(tx: &'a watch::Sender<u32>) -> Reloading<'a> {
+        tx.send_modify(|n| *n += 1);
+        Reloading(tx)
+    }
+}
+
+impl Drop for Reloading<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 struct AppRuntime {
@@ -182,6 +203,7 @@ impl Supervisor {
         })?;
         let tap = opts.tap.clone().unwrap_or_else(|| log_tap().0);
         let (force, _) = watch::channel(false);
+        let changed = Arc::new(watch::channel(0u64).0);
         let guardian = opts.guardian.map(Arc::new);
         let guardian_fd = guardian.as_ref().map(|g| g.raw_fd());
         let on_gone: Arc<dyn Fn(i32) + Send + Sync> = match &guardian {
@@ -228,6 +250,7 @@ impl Supervisor {
                     compiler: compiler.clone(),
                     up_at,
                     spawner: spawner.clone(),
+                    changed: changed.clone(),
                 };
                 let task = tokio::spawn(instance::run(ctx, rx, autostart));
                 instances.push(InstanceHandle {
@@ -257,6 +280,8 @@ impl Supervisor {
                 started_at: unix_now(),
                 pid: std::process::id(),
                 admin: opts.admin,
+                changed,
+                reloading: watch::channel(0).0,
             }),
         })
     }
@@ -300,6 +325,16 @@ impl Supervisor {
     /// Follows every log line from now on.
     pub fn subscribe_logs(&self) -> broadcast::Receiver<Arc<LogLine>> {
         self.shared.tap.subscribe()
+    }
+
+    /// The number of reloads under way; changes when one begins or ends.
+    pub fn subscribe_reloads(&self) -> watch::Receiver<u32> {
+        self.shared.reloading.subscribe()
+    }
+
+    /// Changes whenever any instance changes state.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
     }
 
     /// Log settings of an app (for reading its files).
@@ -354,6 +389,7 @@ impl Supervisor {
     /// a time; on a failure the remaining old instances keep serving and the error says why.
     pub async fn reload(&self, app: &str) -> Result<(AppStatus, Vec<String>), SupervisorError> {
         let rt = self.app(app)?;
+        let _reloading = Reloading::begin(&self.shared.reloading);
         let _one_at_a_time = rt.reload_lock.lock().await;
         let fresh = cfg::load(&self.shared.config.file).map_err(SupervisorError::Config)?;
         let new_app = fresh

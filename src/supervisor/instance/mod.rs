@@ -211,6 +211,8 @@ pub struct InstanceCtx {
     pub up_at: Instant,
     /// Starts the processes and their health checks ([`OsSpawner`] but in unit tests).
     pub(crate) spawner: Arc<dyn Spawner>,
+    /// Bumped on every state change (systemd's STATUS= line follows it).
+    pub changed: Arc<watch::Sender<u64>>,
 }
 
 impl InstanceCtx {
@@ -220,6 +222,7 @@ impl InstanceCtx {
 
     fn set(&self, f: impl FnOnce(&mut InstanceState)) {
         self.cell.update(f);
+        self.changed.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     fn note(&self, text: &str) {

@@ -216,6 +216,7 @@ fn harness(extra: &str, plans: &[Plan], default: Plan, autostart: bool) -> Harne
         compiler: Arc::default(),
         up_at: std::time::Instant::now(),
         spawner: Arc::new(spawner),
+        changed: Arc::new(watch::channel(0).0),
     };
     let (tx, rx) = mpsc::channel(16);
     let task = tokio::spawn(run(ctx, rx, autostart));
