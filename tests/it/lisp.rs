@@ -478,9 +478,7 @@ fn app_fasl(p: &Project) -> std::path::PathBuf {
             if path.is_dir() {
                 stack.push(path);
             } else if path.ends_with("src/app.fasl")
-                && path
-                    .to_string_lossy()
-                    .contains(&*project.to_string_lossy())
+                && path.to_string_lossy().contains(&*project.to_string_lossy())
             {
                 return path;
             }
@@ -506,10 +504,7 @@ fn an_edit_in_the_same_second_as_the_last_compile_is_served_after_a_restart_relo
 
 fn same_second_edits_are_served(extra: &str) {
     let port = free_port();
-    let p = hello_lisp(
-        port,
-        &format!("{extra}\nstop = {{ timeout = \"5s\" }}"),
-    );
+    let p = hello_lisp(port, &format!("{extra}\nstop = {{ timeout = \"5s\" }}"));
     let _sup = p.up(&[]);
     wait_healthy(&p, port);
     let src = p.path().join("src/app.lisp");
