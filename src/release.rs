@@ -89,7 +89,7 @@ pub struct Manifest {
     #[serde(default)]
     pub files: u64,
     /// `sha256:<hex>` over every path, file content and symlink target of the release
-    /// (but this manifest), in path order: `windlass releases --verify` recomputes it.
+    /// (but this manifest), in path order ([`checksum`] recomputes it).
     #[serde(default)]
     pub checksum: String,
     /// The `shared` paths linked into the release.
