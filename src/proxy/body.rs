@@ -288,7 +288,9 @@ impl Body for ResponseBody {
                 let frame = frame.map(|f| f.map_err(Self::Error::from));
                 match &frame {
                     None => this.done.ended = true,
-                    Some(Ok(_)) => this.done.ended = body.is_end_stream(),
+                    // A trailers frame is the last: hyper's server stops polling after it
+                    // (the connection was neither returned nor the request counted whole).
+                    Some(Ok(f)) => this.done.ended = f.is_trailers() || body.is_end_stream(),
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "upstream response body failed");
                         this.done

@@ -218,6 +218,10 @@ impl ProxyError {
             ProxyError::BadResponse { .. } | ProxyError::UnexpectedSwitch { .. } => {
                 "The app sent an invalid response."
             }
+            // hyper's word for a response head it could not parse.
+            ProxyError::Upstream { source, .. } if source.is_parse() => {
+                "The app sent an invalid response."
+            }
             ProxyError::ConnectRefused { .. }
             | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }

@@ -91,7 +91,7 @@ impl AppProxy {
     /// A proxy for `app` with no instance yet (requests are held until one is ready).
     pub fn new(app: &str, cfg: ProxyConfig) -> AppProxy {
         let router = Router::new(cfg.pool_max_idle, cfg.pool_idle_timeout);
-        let limit = Arc::new(Limit::new(cfg.max_connections));
+        let limit = Arc::new(Limit::new(cfg.connection_cap()));
         AppProxy {
             shared: Arc::new(Shared {
                 app: app.into(),

@@ -58,6 +58,8 @@ pub(crate) async fn serve(
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
+        // The app's `Date` goes through as it came, and none is added: as the plain path.
+        .auto_date_header(false)
         .header_read_timeout(shared.cfg.idle_timeout);
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a clone; `recv` returns None once all are gone.
@@ -76,7 +78,7 @@ pub(crate) async fn serve(
                 if let Some(held) = at_cap_log.ready() {
                     tracing::warn!(
                         app = %shared.app,
-                        max_connections = shared.cfg.max_connections,
+                        max_connections = shared.limit.stats().max,
                         held,
                         "client connections at proxy.max_connections, all busy; new ones wait in the listen backlog"
                     );
@@ -233,11 +235,14 @@ impl Connection {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let ip = client_ip.to_str().unwrap_or("unknown");
         let trusted = shared.cfg.trusts(peer.ip());
-        let head_since =
+        let head_since = if shared.cfg.plain_path {
             match fast::serve(&shared, ip, trusted, &mut stream, &mut buf, &mut stop).await {
                 fast::Served::Closed => return,
                 fast::Served::Fallback { head_since } => head_since,
-            };
+            }
+        } else {
+            None
+        };
         let heads = Arc::new(Heads::default());
         let stream = Prefixed {
             prefix: buf,
