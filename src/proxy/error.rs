@@ -102,7 +102,7 @@ pub enum ProxyError {
 }
 
 /// Why a request an instance may have read before closing its connection was not sent to
-/// another instance (see [`crate::proxy::hold::Attempts::broke`]).
+/// another instance (see [`crate::proxy::policy::Attempts::broke`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotReplayed {
     /// Not idempotent (RFC 9110 §9.2.2): `POST` or `PATCH` may not be sent twice.

@@ -9,7 +9,9 @@
 //! Files, one concept each (kamal-proxy style): `router` (instance set and snapshot),
 //! `balancer` (the pick rule), `backend` (one instance and its counters), `pool`
 //! (upstream connections), `hold` (waiting for a ready instance), `deadline` (cheap
-//! timeouts), `fast` (the plain-request path), `forward` (every other request),
+//! timeouts), `policy` (the one request policy both codecs call: replay rule, error
+//! answers, metrics, hop-by-hop headers), `plain` (the plain-request codec on raw
+//! sockets), `forward` (every other request, through hyper),
 //! `headers`, `body`, `tunnel` (upgrades), `drain`, `server` (accept loop), `limit`
 //! (the cap on open client connections), `workers` (the proxy's own threads), `metrics`,
 //! `error`, `config`.
@@ -21,12 +23,14 @@ mod config;
 mod deadline;
 mod drain;
 mod error;
-mod fast;
+
 mod forward;
 mod headers;
 mod hold;
 mod limit;
 mod metrics;
+mod plain;
+mod policy;
 mod pool;
 mod router;
 mod server;
@@ -67,7 +71,7 @@ pub(crate) struct Shared {
     /// The open client connections and their cap (`max_connections`).
     pub(crate) limit: Arc<Limit>,
     /// The app-wide part of the replay rule (one replay at a time, the poison pause).
-    pub(crate) replays: crate::proxy::hold::ReplayGuard,
+    pub(crate) replays: crate::proxy::policy::ReplayGuard,
 }
 
 /// Writes one line into the app's log (stream `windlass`).
@@ -101,7 +105,7 @@ impl AppProxy {
                 notes: std::sync::OnceLock::new(),
                 note_budget: crate::proxy::error::NoteBudget::new(),
                 limit,
-                replays: crate::proxy::hold::ReplayGuard::new(),
+                replays: crate::proxy::policy::ReplayGuard::new(),
             }),
         }
     }

@@ -38,7 +38,7 @@ use crate::proxy::Shared;
 use crate::proxy::deadline::{HeadClock, Heads, Stall};
 use crate::proxy::limit::Slot;
 use crate::proxy::workers::Workers;
-use crate::proxy::{fast, forward};
+use crate::proxy::{forward, plain};
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin (nginx pauses
 /// 500 ms, Go's net/http 5 ms to 1 s); the connection waits in the listen backlog.
@@ -236,9 +236,9 @@ impl Connection {
         let ip = client_ip.to_str().unwrap_or("unknown");
         let trusted = shared.cfg.trusts(peer.ip());
         let head_since = if shared.cfg.plain_path {
-            match fast::serve(&shared, ip, trusted, &mut stream, &mut buf, &mut stop).await {
-                fast::Served::Closed => return,
-                fast::Served::Fallback { head_since } => head_since,
+            match plain::serve(&shared, ip, trusted, &mut stream, &mut buf, &mut stop).await {
+                plain::Served::Closed => return,
+                plain::Served::Fallback { head_since } => head_since,
             }
         } else {
             None
@@ -324,7 +324,7 @@ impl AsyncRead for Prefixed {
         if this.head.expired(&r, out.filled().len() > before, cx) {
             if !this.head.write_blocked {
                 // Best effort and without waiting: a client this slow may not read.
-                let _ = this.inner.try_write(fast::HEAD_TIMEOUT_PAGE);
+                let _ = this.inner.try_write(plain::HEAD_TIMEOUT_PAGE);
             }
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
