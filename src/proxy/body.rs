@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::proxy::Shared;
 use crate::proxy::backend::InFlight;
 use crate::proxy::deadline::{HeadMark, Stall};
+use crate::proxy::error::ErrorCause;
 use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::policy::Counted;
 use crate::proxy::pool::Upstream;
@@ -157,7 +158,7 @@ impl Body for RequestBody {
 /// Bookkeeping of one client request, settled when dropped: the upstream connection
 /// back to the pool if the response ended, then the request counted ([`Counted`]).
 pub(crate) struct Completion {
-    counted: Counted<Arc<Shared>>,
+    pub(crate) counted: Counted<Arc<Shared>>,
     upstream: Option<(InFlight, Option<Upstream>)>,
     /// The exchange's place on its client connection (hyper path): ends with this.
     pub(crate) mark: Option<HeadMark>,
@@ -269,6 +270,7 @@ impl Body for ResponseBody {
                             .shared()
                             .metrics
                             .upstream_error(UpstreamCause::ResponseTimeout);
+                        this.done.counted.failed(ErrorCause::ResponseTimeout);
                         tracing::warn!(app = %this.done.shared().app, "the app stopped sending a response body for {}ms; closing the client connection", within.as_millis());
                         if let Some((_, conn)) = this.done.upstream.as_mut() {
                             *conn = None;
@@ -292,6 +294,7 @@ impl Body for ResponseBody {
                             .shared()
                             .metrics
                             .upstream_error(UpstreamCause::Reset);
+                        this.done.counted.failed(ErrorCause::Reset);
                         // Never reuse a connection that failed mid-body.
                         if let Some((_, conn)) = this.done.upstream.as_mut() {
                             *conn = None;

@@ -71,14 +71,13 @@ async fn proxy(
     let keep = upgrade.is_none() && keeps_body(&parts, &body);
     let forwarded = headers::prepare_request(&mut parts, &client_ip, upgrade, trusted);
     // What an error page and its log line need; the request itself goes to the app.
-    let failed = |shared: &Shared,
-                  e: ProxyError,
-                  done: Completion,
+    let failed = |e: ProxyError,
+                  mut done: Completion,
                   method: &http::Method,
                   uri: &http::Uri,
                   id: Option<&HeaderValue>| {
         let answer = policy::fail(
-            shared,
+            &mut done.counted,
             &e,
             &Failed {
                 request_id: id.map(HeaderValue::as_bytes),
@@ -111,7 +110,7 @@ async fn proxy(
                         what: "reading a request body to keep failed",
                     },
                 };
-                return failed(&shared, e, done, &method, &uri, request_id.as_ref());
+                return failed(e, done, &method, &uri, request_id.as_ref());
             }
         }
     }
@@ -123,7 +122,7 @@ async fn proxy(
         conn,
     } = match exchange(&shared, req, body_end, start, client_upgrade.is_some()).await {
         Ok(x) => x,
-        Err(e) => return failed(&shared, e, done, &method, &uri, request_id.as_ref()),
+        Err(e) => return failed(e, done, &method, &uri, request_id.as_ref()),
     };
 
     let status = response.status();
@@ -155,7 +154,7 @@ async fn proxy(
             shared
                 .metrics
                 .upstream_error(crate::proxy::UpstreamCause::Reset);
-            failed(&shared, e, done, &method, &uri, request_id.as_ref())
+            failed(e, done, &method, &uri, request_id.as_ref())
         }
         (_, client_upgrade) => {
             let (mut parts, body) = response.into_parts();

@@ -48,10 +48,11 @@ pub use crate::proxy::backend::BackendId;
 pub use crate::proxy::config::{IpRange, ProxyConfig};
 pub(crate) use crate::proxy::deadline::instant_after;
 pub use crate::proxy::drain::DrainReport;
-pub use crate::proxy::error::{Fault, NotReplayed, ProxyError};
+pub use crate::proxy::error::{ErrorCause, Fault, NotReplayed, ProxyError};
 pub use crate::proxy::limit::ConnectionStats;
 pub use crate::proxy::metrics::{
-    BackendStatus, LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, UpstreamCause, UpstreamErrors,
+    BackendStatus, ErrorCounts, LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, UpstreamCause,
+    UpstreamErrors,
 };
 pub use crate::proxy::workers::Workers;
 

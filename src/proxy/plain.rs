@@ -44,7 +44,7 @@ use tokio::time::Instant;
 use crate::proxy::Shared;
 use crate::proxy::backend::InFlight;
 use crate::proxy::deadline::Deadline;
-use crate::proxy::error::ProxyError;
+use crate::proxy::error::{ErrorCause, ProxyError};
 use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::plain::framing::{BodyState, Framing};
 use crate::proxy::plain::request::{Parsed, method_and_target, parse_request};
@@ -129,7 +129,7 @@ pub(crate) async fn serve(
                 r = client.read_buf(buf) => r,
                 () = idle.sleep.as_mut(), if head_since.is_none() => return Served::Closed,
                 () = head_deadline.sleep.as_mut(), if head_since.is_some() => {
-                    shared.metrics.downstream_error();
+                    shared.metrics.error(ErrorCause::HeadTimeout);
                     // Best effort and without waiting: a client this slow may not read.
                     let _ = client.try_write(HEAD_TIMEOUT_PAGE);
                     let _ = client.shutdown().await;
@@ -160,7 +160,7 @@ pub(crate) async fn serve(
             Err(e) => {
                 let (method, target) = method_and_target(&request);
                 let answer = policy::fail(
-                    shared,
+                    &mut finish,
                     &e,
                     &Failed {
                         request_id: head.request_id.clone().and_then(|r| request.get(r)),
@@ -221,6 +221,7 @@ pub(crate) async fn serve(
                 r = upstream.read_buf(&mut ubuf) => r,
                 () = respond.sleep.as_mut() => {
                     shared.metrics.upstream_error(UpstreamCause::ResponseTimeout);
+                    finish.failed(ErrorCause::ResponseTimeout);
                     tracing::warn!(app = %shared.app, backend = %guard.backend().id, "the app stopped sending a response body for {}ms; closing the client connection", respond.within.as_millis());
                     return Served::Closed;
                 }
@@ -233,6 +234,7 @@ pub(crate) async fn serve(
                 Ok(0) | Err(_) => {
                     // Cut short by the app: the client can only learn it from the close.
                     shared.metrics.upstream_error(UpstreamCause::Reset);
+                    finish.failed(ErrorCause::Reset);
                     return Served::Closed;
                 }
                 Ok(_) => {
@@ -248,6 +250,7 @@ pub(crate) async fn serve(
         }
         if body.failed() {
             shared.metrics.upstream_error(UpstreamCause::Reset);
+            finish.failed(ErrorCause::BadResponse);
             return Served::Closed;
         }
         ubuf.clear();

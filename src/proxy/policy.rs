@@ -19,7 +19,7 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::proxy::Shared;
-use crate::proxy::error::{self, Fault, ProxyError};
+use crate::proxy::error::{self, ErrorCause, Fault, ProxyError};
 
 pub(crate) use crate::proxy::policy::replay::{Attempts, Broke, Replay, ReplayGuard};
 
@@ -61,13 +61,15 @@ pub(crate) fn keeps_body(method: &http::Method, expect: bool, length: Option<u64
 
 /// Counts one request in the app's metrics: in flight from its head (`start`) until
 /// this is dropped, then by its `status` (0: no response head was sent) and whether the
-/// response was `delivered` whole. `S` is how the codec holds the app's state (a borrow
+/// response was `delivered` whole, and, if it failed, once: under the first `error` set
+/// (by [`fail`] or a codec whose response broke off), else as the client's going away. `S` is how the codec holds the app's state (a borrow
 /// on the plain path, an `Arc` where the response body outlives the request's task).
 pub(crate) struct Counted<S: Deref<Target = Shared>> {
     shared: S,
     start: Instant,
     pub(crate) status: u16,
     pub(crate) delivered: bool,
+    error: Option<ErrorCause>,
 }
 
 impl<S: Deref<Target = Shared>> Counted<S> {
@@ -78,19 +80,28 @@ impl<S: Deref<Target = Shared>> Counted<S> {
             start,
             status: 0,
             delivered: false,
+            error: None,
         }
     }
 
     pub(crate) fn shared(&self) -> &S {
         &self.shared
     }
+
+    /// The request failed with `cause` (the first cause given is the one counted).
+    pub(crate) fn failed(&mut self, cause: ErrorCause) {
+        self.error.get_or_insert(cause);
+    }
 }
 
 impl<S: Deref<Target = Shared>> Drop for Counted<S> {
     fn drop(&mut self) {
-        self.shared
-            .metrics
-            .request_finished(self.status, self.start.elapsed(), self.delivered);
+        self.shared.metrics.request_finished(
+            self.status,
+            self.start.elapsed(),
+            self.delivered,
+            self.error,
+        );
     }
 }
 
@@ -134,9 +145,16 @@ impl ErrorAnswer {
     }
 }
 
-/// A request failed with `e`: logs it (the app's log gets its detail, rationed), counts
-/// it once by its fault, and returns the answer for the client.
-pub(crate) fn fail(shared: &Shared, e: &ProxyError, req: &Failed<'_>) -> ErrorAnswer {
+/// A request failed with `e`: logs it (the app's log gets its detail, rationed), marks it
+/// failed by its cause in `counted` (so it is counted once, when it ends), and returns the
+/// answer for the client.
+pub(crate) fn fail<S: Deref<Target = Shared>>(
+    counted: &mut Counted<S>,
+    e: &ProxyError,
+    req: &Failed<'_>,
+) -> ErrorAnswer {
+    counted.failed(e.cause());
+    let shared: &Shared = counted.shared();
     let request_id = error::request_id(req.request_id);
     note_error(
         shared,
@@ -154,22 +172,19 @@ pub(crate) fn fail(shared: &Shared, e: &ProxyError, req: &Failed<'_>) -> ErrorAn
     }
 }
 
-/// Logs a failed request and counts it by fault (upstream causes are counted where
-/// they happen); one the app or the proxy caused also goes to the app's log with its
-/// request id and the detail (`request`: the method and path, without the query, which
-/// may hold secrets).
+/// Logs a failed request; one the app or the proxy caused also goes to the app's log
+/// with its request id and the detail (`request`: the method and path, without the
+/// query, which may hold secrets).
 fn note_error(shared: &Shared, e: &ProxyError, request_id: &str, request: &str) {
     match e.fault() {
         Fault::Upstream => {
             tracing::warn!(app = %shared.app, error = %e, source = ?std::error::Error::source(&e), request_id, "proxy error")
         }
         Fault::Downstream => {
-            shared.metrics.downstream_error();
             tracing::debug!(app = %shared.app, error = %e, request_id, "client error");
             return;
         }
         Fault::Internal => {
-            shared.metrics.internal_error();
             tracing::error!(app = %shared.app, error = %e, request_id, "internal proxy error");
         }
     }

@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::proxy::Shared;
 use crate::proxy::deadline::{HeadClock, Heads, Stall};
+use crate::proxy::error::ErrorCause;
 use crate::proxy::limit::Slot;
 use crate::proxy::workers::Workers;
 use crate::proxy::{forward, plain};
@@ -245,6 +246,8 @@ impl Connection {
         };
         let heads = Arc::new(Heads::default());
         let stream = Prefixed {
+            shared: Arc::clone(&shared),
+            timed_out: false,
             prefix: buf,
             inner: stream,
             stall: Stall::new(shared.cfg.idle_timeout),
@@ -276,6 +279,9 @@ impl Connection {
 /// such a client cannot hold the connection, the app's connection and a drain for ever.
 /// A head the client does not finish within `header_timeout` gets a 408 ([`HeadClock`]).
 struct Prefixed {
+    shared: Arc<Shared>,
+    /// The head timeout was counted.
+    timed_out: bool,
     prefix: BytesMut,
     inner: TcpStream,
     stall: Stall,
@@ -322,6 +328,9 @@ impl AsyncRead for Prefixed {
         let before = out.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, out);
         if this.head.expired(&r, out.filled().len() > before, cx) {
+            if !std::mem::replace(&mut this.timed_out, true) {
+                this.shared.metrics.error(ErrorCause::HeadTimeout);
+            }
             if !this.head.write_blocked {
                 // Best effort and without waiting: a client this slow may not read.
                 let _ = this.inner.try_write(plain::HEAD_TIMEOUT_PAGE);

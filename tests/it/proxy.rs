@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
 
 use windlass::health;
-use windlass::proxy::{AppProxy, BackendId, ProxyConfig, UpstreamCause};
+use windlass::proxy::{AppProxy, BackendId, ErrorCause, ProxyConfig, UpstreamCause};
 
 // ---------------------------------------------------------------- helpers
 
@@ -385,6 +385,7 @@ scenarios! {
         a_post_whose_instance_died_after_reading_it_is_not_sent_again,
         no_request_is_smuggled_past_the_proxy,
         a_client_connection_close_does_not_close_the_upstream_connection,
+        every_failure_is_counted_once_by_fault_and_cause,
     ],
     multi: [
         switch_under_concurrent_load_fails_no_request,
@@ -2559,4 +2560,234 @@ async fn a_client_connection_close_does_not_close_the_upstream_connection() {
         "closed upstream connections were reused"
     );
     assert_eq!(proxy.metrics().upstream_errors, Default::default());
+}
+
+// ------------------------------------------------- errors by fault (issue 11, point 5)
+
+/// Waits until `proxy` has no request in flight and counted a failure, then checks that
+/// exactly one was counted, under `cause`.
+async fn counted_once_as(proxy: &AppProxy, cause: ErrorCause) {
+    wait_until("the failure counted and the request ended", || {
+        let m = proxy.metrics();
+        m.in_flight == 0 && m.errors.total() > 0
+    })
+    .await;
+    let errors = proxy.metrics().errors;
+    assert_eq!(
+        (errors.get(cause), errors.total()),
+        (1, 1),
+        "{cause:?}: {errors:?}"
+    );
+}
+
+/// Each way a request fails, provoked for real (a missing, refusing, silent, lying or
+/// breaking app; a slow, stalling, vanishing client) is counted once, under its cause and
+/// so its fault, however many attempts it took.
+async fn every_failure_is_counted_once_by_fault_and_cause() {
+    let short = |cfg: ProxyConfig| ProxyConfig {
+        hold: Duration::from_millis(300),
+        ..cfg
+    };
+
+    // Upstream: no instance ready within the hold.
+    let (proxy, addr) = start_proxy(short(quick_cfg())).await;
+    assert_eq!(get_once(addr, "/").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    counted_once_as(&proxy, ErrorCause::NoReadyInstance).await;
+
+    // Upstream: refused, retried within the hold: many attempts, one failed request.
+    let (proxy, addr) = start_proxy(short(quick_cfg())).await;
+    let id = proxy.add_backend(refusing_addr().await);
+    assert!(proxy.set_ready(id, true));
+    assert_eq!(get_once(addr, "/").await.0, StatusCode::BAD_GATEWAY);
+    counted_once_as(&proxy, ErrorCause::ConnectRefused).await;
+    assert!(proxy.metrics().upstream_errors.connect_refused >= 2);
+
+    // Upstream: no response head within the response timeout.
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(ProxyConfig {
+        response_timeout: Duration::from_millis(200),
+        ..quick_cfg()
+    })
+    .await;
+    add_ready(&proxy, &up);
+    assert_eq!(
+        get_once(addr, "/never").await.0,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    counted_once_as(&proxy, ErrorCause::ResponseTimeout).await;
+
+    // Upstream: a response head that cannot be parsed.
+    let (up, _) = scripted_upstream(vec![vec![Act::Reply(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nzz",
+    )]])
+    .await;
+    let (proxy, addr) = proxy_to(up).await;
+    assert_eq!(get_once(addr, "/").await.0, StatusCode::BAD_GATEWAY);
+    counted_once_as(&proxy, ErrorCause::BadResponse).await;
+
+    // Upstream: the body breaks off after the head reached the client (the client sees
+    // its connection close; not also counted as the client's going away).
+    let (up, _) = scripted_upstream(vec![vec![Act::ReplyAndClose(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+    )]])
+    .await;
+    let (proxy, addr) = proxy_to(up).await;
+    let got = one_request_then_closed(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    // The plain path has sent the head on; hyper may not have flushed it yet.
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK\r\n") || (got.is_empty() && !on_plain_path()),
+        "{got:?}"
+    );
+    counted_once_as(&proxy, ErrorCause::Reset).await;
+
+    // Downstream: a head that never ends.
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(slow_head_cfg()).await;
+    add_ready(&proxy, &up);
+    let s = TcpStream::connect(addr).await.expect("connect");
+    let got = trickle(s, b"GET / HTTP/1.1\r\nX-Slow: 1\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got:?}");
+    wait_until("the head timeout counted", || {
+        proxy.metrics().errors.total() > 0
+    })
+    .await;
+    let errors = proxy.metrics().errors;
+    assert_eq!(
+        (errors.get(ErrorCause::HeadTimeout), errors.total()),
+        (1, 1),
+        "{errors:?}"
+    );
+
+    // Downstream: a request body that stops arriving.
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(ProxyConfig {
+        body_timeout: Duration::from_millis(200),
+        ..quick_cfg()
+    })
+    .await;
+    add_ready(&proxy, &up);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+        .await
+        .expect("closed after the 408")
+        .expect("read");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got:?}");
+    counted_once_as(&proxy, ErrorCause::BodyTimeout).await;
+
+    // Downstream: the client goes away in the middle of its request body.
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    wait_until("the upload reached the app", || {
+        up.stats.started.load(SeqCst) == 1
+    })
+    .await;
+    drop(s);
+    counted_once_as(&proxy, ErrorCause::BodyBroken).await;
+
+    // Downstream: the client leaves after the response head of a large body.
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /download/200000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.expect("the response head");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    drop(s);
+    counted_once_as(&proxy, ErrorCause::ClientGone).await;
+    // The requests that failed are the only ones counted as failed: a good one is not.
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    assert_eq!(get_once(addr, "/").await.0, StatusCode::OK);
+    wait_until("in-flight back to 0", || proxy.metrics().in_flight == 0).await;
+    assert_eq!(proxy.metrics().errors.total(), 0);
+}
+
+/// `/metrics` has `windlass_proxy_errors_total{app,fault,cause}`, every cause at 0 from the
+/// start, failed requests counted once each on both paths (a GET on the plain path, a POST
+/// on the full one; the resets of the GET's retries are attempts, not requests), and
+/// promtool accepts the exposition.
+#[test]
+fn metrics_count_each_failed_request_once_by_fault_and_cause() {
+    use crate::helper;
+    use std::io::Write;
+    let (port, admin) = (helper::free_port(), helper::free_port());
+    let p = helper::Project::new(&format!(
+        "[app.web]\ncommand = [\"python3\", \"app.py\"]\nport = {port}\n\
+         health = {{ path = \"/health\" }}\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
+    ));
+    p.write("app.py", RESETTING_APP);
+    let _sup = p.up(&[]);
+    helper::wait_for("the app behind the proxy", helper::DEADLINE, || {
+        helper::http_get(port, "/health")
+            .ok()
+            .filter(|(c, _)| *c == 200)
+    });
+    let series = |cause: ErrorCause| {
+        format!(
+            "windlass_proxy_errors_total{{app=\"web\",fault=\"{}\",cause=\"{}\"}}",
+            cause.fault().label(),
+            cause.label()
+        )
+    };
+    let before = helper::scrape(admin);
+    for cause in ErrorCause::ALL {
+        assert_eq!(
+            helper::sample(&before, &series(cause)),
+            Some(0.0),
+            "{before}"
+        );
+    }
+    for method in ["GET", "POST"] {
+        let (status, _) = helper::http_request(port, method, "/boom", &[]).expect("request");
+        assert_eq!(status, 502);
+    }
+    let text = helper::wait_for("two resets counted", helper::DEADLINE, || {
+        let text = helper::scrape(admin);
+        (helper::sample(&text, &series(ErrorCause::Reset)) == Some(2.0)).then_some(text)
+    });
+    for cause in ErrorCause::ALL
+        .into_iter()
+        .filter(|c| *c != ErrorCause::Reset)
+    {
+        assert_eq!(helper::sample(&text, &series(cause)), Some(0.0), "{text}");
+    }
+    let attempts = helper::sample(
+        &text,
+        "windlass_proxy_upstream_errors_total{app=\"web\",cause=\"reset\"}",
+    );
+    assert!(attempts.is_some_and(|n| n > 2.0), "{text}");
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let o = promtool.wait_with_output().expect("promtool");
+    assert!(
+        o.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
