@@ -10,7 +10,7 @@ mod completions;
 pub(crate) mod ctl;
 mod init;
 mod logs;
-pub mod output;
+pub(crate) mod output;
 mod releases;
 mod repl;
 mod status;
@@ -24,7 +24,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigError};
 use crate::control::client::{Client, ClientError};
-use crate::daemon::{DaemonError, Paths};
+use crate::daemon::DaemonError;
+use crate::layout::Layout;
 
 /// Documented exit codes.
 pub mod exit {
@@ -174,11 +175,7 @@ pub fn client(file: Option<&PathBuf>) -> Result<Client> {
     })?;
     let path = config::discover(&cwd, file.map(PathBuf::as_path))?;
     let root = path.parent().map(PathBuf::from).unwrap_or_default();
-    let dir = match std::env::var_os(config::envvars::STATE_DIR) {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => root.join(".windlass"),
-    };
-    Ok(Client::new(&Paths { dir }.socket()))
+    Ok(Client::new(&Layout::of_root(&root).socket()))
 }
 
 fn init_tracing(verbose: u8) {
@@ -257,7 +254,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardian>) -> Result {
-    use crate::supervisor::Action;
+    use crate::protocol::Action;
     match cli.command {
         Command::Up(a) => up::run(a, guardian).await,
         Command::Down(a) => ctl::down(a).await,

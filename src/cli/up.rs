@@ -13,7 +13,7 @@ use hyper::Method;
 use super::output::{self, paint};
 use super::{CliError, Result, exit, load_config};
 use crate::control::client::Client;
-use crate::daemon::{self, Paths};
+use crate::daemon;
 use crate::protocol::{LogLine, State, Status, Stream};
 use crate::supervisor::guardian::Guardian;
 use crate::supervisor::{Options, Supervisor};
@@ -148,11 +148,11 @@ fn spawn_printer(sup: &Supervisor, mut rx: tokio::sync::broadcast::Receiver<Arc<
 
 /// Starts the detached supervisor and waits until its apps have started or failed.
 async fn detach(args: &Args, config: &crate::config::Config) -> Result {
-    let paths = Paths::of(config);
-    std::fs::create_dir_all(&paths.dir).map_err(|e| {
+    let paths = config.layout();
+    std::fs::create_dir_all(paths.dir()).map_err(|e| {
         CliError::new(
             exit::FAILURE,
-            format!("cannot create {}: {e}", paths.dir.display()),
+            format!("cannot create {}: {e}", paths.dir().display()),
         )
     })?;
     let client = Client::new(&paths.socket());

@@ -19,9 +19,9 @@ use tokio::time::Instant;
 
 use crate::proxy::Shared;
 use crate::proxy::backend::InFlight;
+use crate::proxy::counters::UpstreamCause;
 use crate::proxy::deadline::{HeadMark, Stall};
 use crate::proxy::error::ErrorCause;
-use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::policy::Counted;
 use crate::proxy::pool::Upstream;
 

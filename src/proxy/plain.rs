@@ -43,9 +43,9 @@ use tokio::time::Instant;
 
 use crate::proxy::Shared;
 use crate::proxy::backend::InFlight;
+use crate::proxy::counters::UpstreamCause;
 use crate::proxy::deadline::Deadline;
 use crate::proxy::error::{ErrorCause, ProxyError};
-use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::plain::framing::{BodyState, Framing};
 use crate::proxy::plain::request::{Parsed, method_and_target, parse_request};
 use crate::proxy::plain::response::{

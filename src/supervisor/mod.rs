@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{self as cfg, AppConfig, Config, ReloadStrategy};
 use crate::logs::{AppLog, Tap};
-use crate::protocol::{AppStatus, InstanceStatus, LogLine, State, Status, SupervisorInfo};
+use crate::protocol::{Action, AppStatus, InstanceStatus, LogLine, State, Status, SupervisorInfo};
 use crate::proxy::{AppProxy, ProxyConfig};
 use guardian::Guardian;
 use instance::{Cmd, InstanceCell, InstanceCtx, Outcome, Request};
@@ -70,14 +70,6 @@ impl SupervisorError {
     }
 }
 
-/// An action on all instances of an app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Start,
-    Stop,
-    Restart,
-}
-
 /// How to start the supervisor.
 pub struct Options {
     /// Start only these apps (all when empty); the others are known but stopped.
@@ -98,16 +90,16 @@ pub fn log_tap() -> (Tap, broadcast::Receiver<Arc<LogLine>>) {
 /// Cheap to clone; every clone drives the same supervisor.
 #[derive(Clone)]
 pub struct Supervisor {
-    shared: Arc<Shared>,
+    shared: Arc<Inner>,
 }
 
-struct Shared {
+struct Inner {
     config: Config,
     apps: Vec<AppRuntime>,
     tap: Tap,
     force: watch::Sender<bool>,
-    changed: Arc<watch::Sender<u64>>,
-    guardian: Option<Arc<Guardian>>,
+    /// Held for its lifetime: the guardian kills every app when its pipe closes.
+    _guardian: Option<Arc<Guardian>>,
     started_at: f64,
     pid: u32,
     admin: Option<std::net::SocketAddr>,
@@ -174,7 +166,7 @@ impl Supervisor {
                 });
             }
         }
-        let log_dir = config.state_dir().join("logs");
+        let log_dir = config.layout().logs_dir();
         std::fs::create_dir_all(&log_dir).map_err(|e| SupervisorError::Io {
             path: log_dir.clone(),
             source: e,
@@ -247,13 +239,12 @@ impl Supervisor {
             });
         }
         Ok(Supervisor {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Inner {
                 config,
                 apps,
                 tap,
                 force,
-                changed,
-                guardian,
+                _guardian: guardian,
                 started_at: unix_now(),
                 pid: std::process::id(),
                 admin: opts.admin,
@@ -302,28 +293,25 @@ impl Supervisor {
         self.shared.tap.subscribe()
     }
 
-    /// Changes whenever any instance changes state.
-    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
-        self.shared.changed.subscribe()
-    }
-
     /// Log settings of an app (for reading its files).
     pub fn log_keep(&self, app: &str) -> Option<u32> {
         self.shared.config.app(app).map(|a| a.logs.keep)
     }
 
     pub fn log_dir(&self) -> PathBuf {
-        self.shared.config.state_dir().join("logs")
+        self.shared.config.layout().logs_dir()
     }
 
-    /// Starts, stops or restarts every instance of `app`; returns once all have done it.
+    /// Starts, stops or restarts every instance of `app` (a reload is [`Supervisor::reload`]);
+    /// returns once all have done it.
     pub async fn act(&self, app: &str, action: Action) -> Result<AppStatus, SupervisorError> {
-        let rt = self.app(app)?;
         let cmd = match action {
             Action::Start => Cmd::Start,
             Action::Stop => Cmd::Stop,
             Action::Restart => Cmd::Restart,
+            Action::Reload => return self.reload(app).await.map(|(status, _)| status),
         };
+        let rt = self.app(app)?;
         let after = Instant::now();
         if matches!(action, Action::Restart) {
             rt.log.note(None, "restart requested");
@@ -559,15 +547,6 @@ impl Supervisor {
         self.shared.force.send_replace(true);
     }
 
-    /// True when no instance is starting or stopping.
-    pub fn settled(&self) -> bool {
-        self.shared.apps.iter().all(|a| {
-            a.instances
-                .iter()
-                .all(|i| i.cell.snapshot().state.is_settled())
-        })
-    }
-
     pub fn status(&self) -> Status {
         Status {
             version: crate::protocol::VERSION,
@@ -664,11 +643,6 @@ impl Supervisor {
     /// The admin listener's base URL, when it runs.
     pub fn admin_url(&self) -> Option<String> {
         self.shared.admin.map(|a| format!("http://{a}/"))
-    }
-
-    /// The pid of the guardian process, if any.
-    pub fn guardian_pid(&self) -> Option<i32> {
-        self.shared.guardian.as_ref().map(|g| g.pid().as_raw())
     }
 }
 

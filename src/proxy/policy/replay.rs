@@ -14,10 +14,10 @@ use tokio::time::Instant;
 
 use crate::proxy::Shared;
 use crate::proxy::backend::{BackendId, InFlight};
+use crate::proxy::counters::UpstreamCause;
 use crate::proxy::deadline::instant_after as after;
 use crate::proxy::error::{NotReplayed, ProxyError};
 use crate::proxy::hold::Hold;
-use crate::proxy::metrics::UpstreamCause;
 
 /// How many times a request whose connection was reset before the app read it is sent
 /// again (a reset proves the app never read it; see [`Broke::Unread`]).
