@@ -212,9 +212,20 @@ pub(crate) async fn serve(
         }
         // The rest of the body: the app may pause at most `response_timeout` between two
         // reads (nginx's proxy_read_timeout), the client `idle_timeout` per write.
+        let mut filled = false;
         while !body.done() {
             ubuf.clear();
-            ubuf.reserve(BODY_CHUNK);
+            // The rest of a small body (most are) is read into the buffer the connection
+            // keeps; only one that is larger, or of unknown length and filling it, grows
+            // it to BODY_CHUNK (before, every response reallocated 64 KiB and freed it).
+            let large = body
+                .length_left()
+                .map_or(filled, |left| left > ubuf.capacity() as u64);
+            if large {
+                ubuf.reserve(BODY_CHUNK);
+            } else if ubuf.capacity() < 1024 {
+                ubuf.reserve(KEEP_UPSTREAM_BUF);
+            }
             respond.arm();
             let read = tokio::select! {
                 biased;
@@ -238,6 +249,7 @@ pub(crate) async fn serve(
                     return Served::Closed;
                 }
                 Ok(_) => {
+                    filled = ubuf.len() == ubuf.capacity();
                     let taken = body.feed(&ubuf);
                     if taken < ubuf.len() {
                         reusable = false;

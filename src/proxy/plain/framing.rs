@@ -75,6 +75,11 @@ impl BodyState {
         self.failed
     }
 
+    /// The bytes left of a body of known length.
+    pub(super) fn length_left(&self) -> Option<u64> {
+        matches!(self.framing, Framing::Length(_)).then_some(self.left)
+    }
+
     pub(super) fn until_close(&self) -> bool {
         self.framing == Framing::UntilClose
     }
@@ -240,6 +245,16 @@ mod tests {
         let (_, s) = feed_all(Framing::Chunked, b"4\r\nWi", 1);
         assert!(!s.done());
     }
+    #[test]
+    fn only_a_length_body_tells_what_is_left() {
+        let mut s = BodyState::new(Framing::Length(10));
+        assert_eq!(s.length_left(), Some(10));
+        s.feed(b"abc");
+        assert_eq!(s.length_left(), Some(7));
+        assert_eq!(BodyState::new(Framing::Chunked).length_left(), None);
+        assert_eq!(BodyState::new(Framing::UntilClose).length_left(), None);
+    }
+
     #[test]
     fn length_bodies_take_exactly_their_length() {
         let (taken, s) = feed_all(Framing::Length(5), b"helloEXTRA", 3);
