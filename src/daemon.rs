@@ -192,7 +192,14 @@ pub async fn run(
         .collect();
     let root = config.root.clone();
 
+    // Orphans of the apps come to windlass (PID 1 in a container gets them anyway).
+    crate::supervisor::reaper::become_subreaper();
+    let _reaper =
+        crate::supervisor::reaper::spawn().map_err(io_err(Path::new("SIGCHLD handler")))?;
+    let only = opts.only.clone();
     let supervisor = Supervisor::start(config, opts)?;
+    // Under systemd: READY=1 once the apps are up, STATUS=, RELOADING=1, watchdog pings.
+    let notifier = crate::notify::Notifier::start(&supervisor, &only);
     let (proxy_stop_tx, proxy_stop_rx) = watch::channel(false);
     let mut proxy_tasks = Vec::new();
     let workers = if listeners.is_empty() {
@@ -275,6 +282,9 @@ pub async fn run(
         _ = down.notified() => "windlass down",
     };
     tracing::info!(reason, "stopping every app");
+    if let Some(n) = notifier {
+        n.stopping();
+    }
     // New connections are refused from now on; requests in flight finish while the apps drain.
     proxy_stop_tx.send_replace(true);
     let shutdown = supervisor.shutdown();

@@ -15,7 +15,9 @@
 //!
 //! Beside them: [`release`] (built releases), [`init`] (project detection for `windlass init`),
 //! [`dashboard`] (the embedded web UI), [`watch`] (reload on file changes), [`ports`] (who
-//! holds a port) and [`limits`] (the open-files limit). Only what `tests/it` needs is `pub`;
+//! holds a port), [`limits`] (the open-files limit), [`notify`] (systemd's notify protocol and
+//! journald priorities) and [`export`] (`windlass export`: systemd units, Dockerfiles,
+//! Kubernetes manifests). Only what `tests/it` needs is `pub`;
 //! the rest is `pub(crate)`, so rustc reports dead code.
 
 pub(crate) mod admin;
@@ -24,6 +26,7 @@ pub mod config;
 pub(crate) mod control;
 pub(crate) mod daemon;
 pub(crate) mod dashboard;
+pub(crate) mod export;
 pub mod health;
 pub(crate) mod init;
 #[cfg(test)]
@@ -33,6 +36,7 @@ pub(crate) mod limits;
 pub mod lisp;
 pub(crate) mod logs;
 pub(crate) mod metrics;
+pub(crate) mod notify;
 pub(crate) mod ports;
 pub(crate) mod protocol;
 pub mod proxy;

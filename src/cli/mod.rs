@@ -8,6 +8,7 @@ mod build;
 mod check;
 mod completions;
 pub(crate) mod ctl;
+mod export;
 mod init;
 mod logs;
 pub(crate) mod output;
@@ -50,7 +51,8 @@ Examples:
   windlass down               stop every app and the supervisor
   windlass build              build a release of each Common Lisp app
   windlass repl hello         a Lisp REPL into app `hello` over swank
-  windlass attach hello       the app's console (its REPL); detach with Ctrl-]";
+  windlass attach hello       the app's console (its REPL); detach with Ctrl-]
+  windlass export systemd     a systemd unit for the project (also: docker, k8s)";
 
 /// Run, supervise, hot-reload, monitor and deploy web apps.
 #[derive(Debug, Parser)]
@@ -82,6 +84,7 @@ pub enum Command {
     Releases(releases::Args),
     Repl(repl::Args),
     Attach(attach::Args),
+    Export(export::Args),
 }
 
 /// An error on its way to the terminal: message, hint, exit code.
@@ -186,6 +189,16 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("windlass={default}")));
+    if crate::notify::under_systemd() {
+        // journald reads each line's `<N>` priority.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(crate::notify::JournalFormat)
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -238,6 +251,9 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let color = output::color_stderr();
+            if crate::notify::under_systemd() {
+                eprint!("<{}>", crate::notify::priority(tracing::Level::ERROR));
+            }
             // Messages can quote what apps wrote (a reload's diagnostics, a health check's
             // answer): control characters are shown, not obeyed.
             eprintln!(
@@ -273,6 +289,7 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Releases(a) => releases::run(a),
         Command::Repl(a) => repl::run(a).await,
         Command::Attach(a) => attach::run(a).await,
+        Command::Export(a) => export::run(a),
     }
 }
 

@@ -92,6 +92,9 @@ pub struct AppConfig {
     pub cwd: PathBuf,
     /// Environment added to windlass's own: env_file first, then `env` (which wins).
     pub env: Vec<(String, String)>,
+    /// `env_file`, resolved against the project directory (its values are in `env`; the
+    /// exporters need to know which came from it, to keep them out of generated files).
+    pub env_file: Option<PathBuf>,
     pub port: Option<u16>,
     /// The address the public port is bound on (default 0.0.0.0, every interface).
     pub bind: std::net::IpAddr,

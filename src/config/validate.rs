@@ -460,6 +460,7 @@ fn resolve_app(
         shell,
         cwd,
         env,
+        env_file: raw.env_file.as_ref().map(|ef| root.join(ef.get_ref())),
         port,
         bind,
         port_env,

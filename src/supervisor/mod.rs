@@ -15,6 +15,7 @@ pub mod instance;
 pub mod lisp_compile;
 pub mod lisp_image;
 pub mod process;
+pub mod reaper;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -103,6 +104,26 @@ struct Inner {
     started_at: f64,
     pid: u32,
     admin: Option<std::net::SocketAddr>,
+    /// Bumped whenever an instance changes state (systemd's STATUS= follows it).
+    changed: Arc<watch::Sender<u64>>,
+    /// How many reloads are under way (systemd's RELOADING=1 while above zero).
+    reloading: watch::Sender<u32>,
+}
+
+/// Counts a reload in [`Inner::reloading`] while it lives.
+struct Reloading<'a>(&'a watch::Sender<u32>);
+
+impl<'a> Reloading<'a> {
+    fn begin(tx: &'a watch::Sender<u32>) -> Reloading<'a> {
+        tx.send_modify(|n| *n += 1);
+        Reloading(tx)
+    }
+}
+
+impl Drop for Reloading<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 struct AppRuntime {
@@ -248,6 +269,8 @@ impl Supervisor {
                 started_at: unix_now(),
                 pid: std::process::id(),
                 admin: opts.admin,
+                changed,
+                reloading: watch::channel(0).0,
             }),
         })
     }
@@ -291,6 +314,16 @@ impl Supervisor {
     /// Follows every log line from now on.
     pub fn subscribe_logs(&self) -> broadcast::Receiver<Arc<LogLine>> {
         self.shared.tap.subscribe()
+    }
+
+    /// The number of reloads under way; changes when one begins or ends.
+    pub fn subscribe_reloads(&self) -> watch::Receiver<u32> {
+        self.shared.reloading.subscribe()
+    }
+
+    /// Changes whenever any instance changes state.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
     }
 
     /// Log settings of an app (for reading its files).
@@ -345,6 +378,7 @@ impl Supervisor {
     /// a time; on a failure the remaining old instances keep serving and the error says why.
     pub async fn reload(&self, app: &str) -> Result<(AppStatus, Vec<String>), SupervisorError> {
         let rt = self.app(app)?;
+        let _reloading = Reloading::begin(&self.shared.reloading);
         let _one_at_a_time = rt.reload_lock.lock().await;
         let fresh = cfg::load(&self.shared.config.file)
             .map_err(|e| SupervisorError::Config(e.to_string()))?;
