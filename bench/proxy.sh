@@ -408,7 +408,7 @@ EOF
   (cd "$W/shapes/wl" && exec "$WINDLASS" up) >/dev/null 2>"$W/shapes/wl/up.err" & p=$!; STARTED+=("$p"); local WL_PID=$p
   local -A PORTS=([direct]=$P_SH_DIRECT [windlass]=$P_SH_WL [nginx_2w]=$P_SH_NGX2 [nginx_1w]=$P_SH_NGX1)
   local -A PROXY_PIDS=([direct]="" [windlass]="$WL_PID" [nginx_2w]="$NGX2_PID $(pgrep -P "$NGX2_PID" | tr '\n' ' ')" [nginx_1w]="$NGX1_PID $(pgrep -P "$NGX1_PID" | tr '\n' ' ')")
-  local order=(direct windlass nginx_1w nginx_2w) c0 c1 k0 k1 n i args WLB_PID=
+  local order=(direct windlass nginx_1w nginx_2w) c0 c1 k0 k1 n i args wp WLB_PID=
   if [ -n "${WINDLASS_B:-}" ]; then
     mkdir -p "$W/shapes/wlb"; cp "$HERE/shapes-app.js" "$W/shapes/wlb/app.js"; rm -rf "$W/shapes/wlb/.windlass"
     sed "s/port = $P_SH_WL/port = $P_SH_WLB/" "$W/shapes/wl/windlass.toml" > "$W/shapes/wlb/windlass.toml"
@@ -430,19 +430,21 @@ EOF
         # (windlass drops idle app connections after 4 s, the other targets' turns)
         SHAPE_PATH=$S_PATH SHAPE_BODY=$S_BODY SHAPE_HTTP10=$S_HTTP10 \
           wrk "${args[@]/-d${SH_DUR}s/-d2s}" "http://127.0.0.1:${PORTS[$t]}$S_PATH" > /dev/null 2>&1
-        k0=$(conns_at "${PORTS[$t]}")
         c0=$(cpu_ticks ${PROXY_PIDS[$t]})
         SHAPE_PATH=$S_PATH SHAPE_BODY=$S_BODY SHAPE_HTTP10=$S_HTTP10 \
-          wrk "${args[@]}" "http://127.0.0.1:${PORTS[$t]}$S_PATH" > "$out" 2>&1
+          wrk "${args[@]}" "http://127.0.0.1:${PORTS[$t]}$S_PATH" > "$out" 2>&1 & wp=$!; STARTED+=("$wp")
+        # the app's connection count sampled 1 s into the run and 1 s before its end: the
+        # steady state, not the reconnects after the requests the warm-up's end cut off
+        sleep 1; k0=$(conns_at "${PORTS[$t]}"); sleep $((SH_DUR - 2)); k1=$(conns_at "${PORTS[$t]}")
+        wait "$wp"; unstart "$wp"
         c1=$(cpu_ticks ${PROXY_PIDS[$t]})
-        k1=$(conns_at "${PORTS[$t]}")
         rec_wrk "shape_$sh" "$t" "$rep" "$out"
         n=$(awk '/ requests in /{print $1}' "$out")
         if [ "${n:-0}" -gt 0 ]; then
           rec "shape_$sh" "$t" "$rep" proxy_cpu_us_per_req "$(( (c1 - c0) * 10000 / n ))"
-          # upstream connections the app accepted during the run (the two /conns requests
-          # may add one each), per 100 of wrk's requests
-          rec "shape_$sh" "$t" "$rep" upstream_conns_per_100 "$(awk -v a="$k0" -v b="$k1" -v n="$n" 'BEGIN { printf "%.3f", (b - a) * 100 / n }')"
+          # connections the app accepted between the samples (the two /conns requests may
+          # add one each), per 100 of wrk's requests in that time (its mean rate)
+          rec "shape_$sh" "$t" "$rep" upstream_conns_per_100 "$(awk -v a="$k0" -v b="$k1" -v n="$n" -v d="$SH_DUR" 'BEGIN { printf "%.3f", (b - a) * 100 / (n * (d - 2) / d) }')"
         fi
         # thousands of connections leave sockets closing: let them go first
         [ "$S_C" -gt 100 ] && sleep 2
