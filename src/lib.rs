@@ -22,6 +22,7 @@ pub mod limits;
 pub mod lisp;
 pub mod logs;
 pub mod metrics;
+pub mod pack;
 pub mod ports;
 pub mod protocol;
 pub mod proxy;
