@@ -14,6 +14,8 @@ command -v promtool >/dev/null || need+=(prometheus)            # promtool check
 command -v chromium >/dev/null || need+=(chromium)              # the dashboard test
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v node >/dev/null || need+=(nodejs)    # the Node fixture
+command -v skopeo >/dev/null || need+=(skopeo)  # `windlass pack --format oci/docker`: the archives are read by skopeo...
+command -v umoci >/dev/null || need+=(umoci)    # ...and unpacked by umoci
 # Common Lisp apps: SBCL and the Debian-packaged libraries the example and tests load.
 command -v sbcl >/dev/null || need+=(sbcl)
 for pkg in cl-hunchentoot cl-swank cl-bordeaux-threads; do

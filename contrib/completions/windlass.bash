@@ -43,6 +43,9 @@ _windlass() {
             windlass,man)
                 cmd="windlass__subcmd__man"
                 ;;
+            windlass,pack)
+                cmd="windlass__subcmd__pack"
+                ;;
             windlass,ps)
                 cmd="windlass__subcmd__status"
                 ;;
@@ -100,6 +103,9 @@ _windlass() {
             windlass__subcmd__help,man)
                 cmd="windlass__subcmd__help__subcmd__man"
                 ;;
+            windlass__subcmd__help,pack)
+                cmd="windlass__subcmd__help__subcmd__pack"
+                ;;
             windlass__subcmd__help,releases)
                 cmd="windlass__subcmd__help__subcmd__releases"
                 ;;
@@ -134,7 +140,7 @@ _windlass() {
 
     case "${cmd}" in
         windlass)
-            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases repl attach help"
+            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases pack repl attach help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -254,7 +260,7 @@ _windlass() {
             return 0
             ;;
         windlass__subcmd__help)
-            opts="up down status logs start stop restart reload check top init completions man build releases repl attach help"
+            opts="up down status logs start stop restart reload check top init completions man build releases pack repl attach help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -380,6 +386,20 @@ _windlass() {
             return 0
             ;;
         windlass__subcmd__help__subcmd__man)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__pack)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -570,6 +590,40 @@ _windlass() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__pack)
+            opts="-o -f -v -h -V --format --output --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "tar oci docker" -- "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -31,8 +31,8 @@ SOURCE_DATE_EPOCH sets the time, else the release's build time).
 Examples:
   windlass build && windlass pack
   windlass pack web --format oci -o web.oci.tar
-  windlass pack --format docker && docker load -i myapp-latest.docker.tar
-  mkdir /srv/app && tar -xzf myapp-latest.tar.gz -C /srv/app && /srv/app/run"
+  windlass pack --format docker && docker load -i .windlass/packs/myapp-latest.docker.tar
+  mkdir /srv/app && tar -xzf .windlass/packs/myapp-latest.tar.gz -C /srv/app && /srv/app/run"
 )]
 pub struct Args {
     /// Pack only this app (default: every app of the config).
@@ -40,7 +40,7 @@ pub struct Args {
     /// The artefact's format.
     #[arg(long, value_enum, default_value = "tar")]
     pub format: Format,
-    /// Where to write it (default: <project>-<tag>.tar.gz / .oci.tar / .docker.tar here).
+    /// Where to write it (default: .windlass/packs/<project>-<tag>.tar.gz / .oci.tar / .docker.tar).
     #[arg(short = 'o', long = "output", value_name = "PATH")]
     pub output: Option<PathBuf>,
     #[command(flatten)]

@@ -316,6 +316,85 @@ impl Resolver {
     }
 }
 
+impl Resolver {
+    /// Where the loader would find `name` (a bare `libfoo.so.N`) for an object like `like`:
+    /// ld.so.conf's directories, then the standard ones. What `dlopen(name)` opens.
+    pub fn find_library(&self, name: &str, like: &Path) -> Option<PathBuf> {
+        use std::io::Read;
+        let mut head = [0u8; 64];
+        std::fs::File::open(self.host_path(like))
+            .and_then(|mut f| f.read_exact(&mut head))
+            .ok()?;
+        let h = Elf::parse_header(&head).ok()?;
+        let kind = Kind {
+            is_64: h.e_ident[goblin::elf::header::EI_CLASS] == goblin::elf::header::ELFCLASS64,
+            machine: h.e_machine,
+        };
+        self.system_dirs(kind)
+            .into_iter()
+            .map(|d| d.join(name))
+            .find(|c| self.matches(c, kind))
+    }
+}
+
+/// Library names (`libssl.so.3`, `libz.so`) written in `bytes` as ASCII or as UTF-32LE: the
+/// libraries a program opens with dlopen(3) rather than through DT_NEEDED — a Lisp image
+/// keeps the names of the libraries it loaded (cl+ssl's libssl, say) and opens them again
+/// at startup, which neither the ELF headers nor ldd show.
+pub fn library_names(bytes: &[u8]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let word = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'+' | b'.');
+    // ASCII: the name around each ".so".
+    for at in memchr::memmem::find_iter(bytes, b".so") {
+        let mut start = at;
+        while start > 0 && word(bytes[start - 1]) && at - start < 64 {
+            start -= 1;
+        }
+        let mut end = at + 3;
+        while end < bytes.len() && (bytes[end].is_ascii_digit() || bytes[end] == b'.') {
+            end += 1;
+        }
+        push_name(&bytes[start..end], &mut out);
+    }
+    // UTF-32LE: each character in 4 bytes.
+    let wide = b".\0\0\0s\0\0\0o\0\0\0";
+    for at in memchr::memmem::find_iter(bytes, wide) {
+        let ch = |i: usize| -> Option<u8> {
+            let c = bytes.get(i..i + 4)?;
+            (c[1] == 0 && c[2] == 0 && c[3] == 0).then_some(c[0])
+        };
+        let mut name = Vec::new();
+        let mut i = at;
+        while i >= 4 && ch(i - 4).is_some_and(word) && name.len() < 64 {
+            i -= 4;
+            name.insert(0, ch(i).expect("checked"));
+        }
+        name.extend_from_slice(b".so");
+        let mut j = at + 12;
+        while let Some(c) = ch(j).filter(|c| c.is_ascii_digit() || *c == b'.') {
+            name.push(c);
+            j += 4;
+        }
+        push_name(&name, &mut out);
+    }
+    out
+}
+
+fn push_name(raw: &[u8], out: &mut BTreeSet<String>) {
+    let Ok(s) = std::str::from_utf8(raw) else {
+        return;
+    };
+    let s = s.trim_end_matches('.');
+    // From the last "lib": a path's directories or a prefix glued on are not the name.
+    let Some(start) = s.rfind("lib") else {
+        return;
+    };
+    let name = &s[start..];
+    if name.len() > 6 && name.contains(".so") && !name.starts_with("lib.") {
+        out.insert(name.to_owned());
+    }
+}
+
 /// True if the file at `path` starts with the ELF magic.
 pub fn is_elf(path: &Path) -> bool {
     use std::io::Read;
@@ -389,6 +468,21 @@ mod tests {
             .expect_err("no libc under a root with nothing");
         let msg = err.to_string();
         assert!(msg.contains("needed by") && msg.contains("/lib"), "{msg}");
+    }
+
+    #[test]
+    fn library_names_are_found_in_ascii_and_in_utf32_strings() {
+        let mut bytes = b"\0\0/usr/lib/libssl.so.3\0junk libz.so\0lib.so x.so.1\0".to_vec();
+        for c in "libcrypto.so.3".chars() {
+            bytes.extend_from_slice(&(c as u32).to_le_bytes());
+        }
+        bytes.extend_from_slice(&[0; 4]);
+        let names: Vec<String> = library_names(&bytes).into_iter().collect();
+        assert_eq!(names, ["libcrypto.so.3", "libssl.so.3", "libz.so"]);
+        let libc = Resolver::host()
+            .find_library("libc.so.6", &me())
+            .expect("libc");
+        assert!(libc.is_absolute() && libc.ends_with("libc.so.6"));
     }
 
     #[test]

@@ -255,6 +255,10 @@ struct Planner<'a> {
     project_packed: bool,
     /// Host paths already planned as interpreters.
     interpreters: BTreeSet<PathBuf>,
+    /// Lisp images (release executables), whose dlopen'ed libraries are looked for too.
+    images: Vec<PathBuf>,
+    /// Files never packed (the output, when it is inside the project).
+    skip: Vec<PathBuf>,
 }
 
 impl Planner<'_> {
@@ -289,7 +293,13 @@ impl Planner<'_> {
                 source,
             })?;
             let p = entry.path();
-            if p == root.as_path() || p.starts_with(&state) {
+            if p == root.as_path() || p.starts_with(&state) || self.skip.iter().any(|s| s == p) {
+                continue;
+            }
+            // A pack being written there (`-o` inside the project) is not part of it.
+            if p.file_name().is_some_and(|n| {
+                n.to_string_lossy().starts_with('.') && n.to_string_lossy().ends_with(".tmp")
+            }) {
                 continue;
             }
             let dest = self.app_path(p);
@@ -469,6 +479,7 @@ impl Planner<'_> {
         );
         self.tree.copy_dir(&r.dir, &r.dir, &dest, &|_| false)?;
         self.required.insert(r.exe());
+        self.images.push(r.exe());
         Ok(Some(r.manifest.id))
     }
 }
@@ -545,6 +556,12 @@ pub fn plan(config: &Config, opts: &Options) -> Result<Plan, PackError> {
         notes: Vec::new(),
         project_packed: false,
         interpreters: BTreeSet::new(),
+        images: Vec::new(),
+        skip: opts
+            .output
+            .iter()
+            .filter_map(|o| std::path::absolute(o).ok())
+            .collect(),
     };
     let mut config_text =
         std::fs::read_to_string(&config.file).map_err(io_err("read", &config.file))?;
@@ -623,7 +640,25 @@ pub fn plan(config: &Config, opts: &Options) -> Result<Plan, PackError> {
     let mut required: Vec<PathBuf> = p.required.iter().cloned().collect();
     required.push(opts.windlass.clone());
     let optional: Vec<PathBuf> = p.optional.iter().cloned().collect();
-    let c = closure::Resolver::host().closure(&required, &optional)?;
+    // Libraries a Lisp image opens with dlopen at startup (cl+ssl's libssl...): named in
+    // the image, not in its ELF headers.
+    let resolver = closure::Resolver::host();
+    let mut optional = optional;
+    let mut dl_dirs = BTreeSet::new();
+    for image in &p.images {
+        let bytes = std::fs::read(image).map_err(io_err("read", image))?;
+        for name in closure::library_names(&bytes) {
+            if let Some(lib) = resolver.find_library(&name, image) {
+                if let Some(dir) = lib.parent() {
+                    dl_dirs.insert(dir.to_path_buf());
+                }
+                p.tree.add_host(&lib)?;
+                optional.push(lib);
+            }
+        }
+    }
+    let mut c = resolver.closure(&required, &optional)?;
+    c.lib_dirs.extend(dl_dirs);
     let roots: BTreeSet<&PathBuf> = required.iter().chain(optional.iter()).collect();
     for f in &c.files {
         if !roots.contains(f) {
@@ -788,14 +823,18 @@ exec "$unshare" $user --mount --propagation private /bin/sh -c '
     )
 }
 
-/// The default file name: `<project>-<tag>.tar.gz` / `.oci.tar` / `.docker.tar`.
-pub fn default_output(plan: &Plan, format: Format) -> PathBuf {
+/// The default output: `.windlass/packs/<project>-<tag>.tar.gz` / `.oci.tar` / `.docker.tar`
+/// (in the state directory, which no pack holds: a pack never contains the previous one).
+pub fn default_output(config: &Config, plan: &Plan, format: Format) -> PathBuf {
     let ext = match format {
         Format::Tar => "tar.gz",
         Format::Oci => "oci.tar",
         Format::Docker => "docker.tar",
     };
-    PathBuf::from(format!("{}-{}.{ext}", plan.project, plan.tag))
+    config
+        .state_dir()
+        .join("packs")
+        .join(format!("{}-{}.{ext}", plan.project, plan.tag))
 }
 
 /// Packs `config` as asked: plans, then writes the artefact atomically (a temporary file
@@ -805,7 +844,10 @@ pub fn pack(config: &Config, opts: &Options) -> Result<Packed, PackError> {
     let out = opts
         .output
         .clone()
-        .unwrap_or_else(|| default_output(&plan, opts.format));
+        .unwrap_or_else(|| default_output(config, &plan, opts.format));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    }
     let tmp = out.with_file_name(format!(
         ".{}.{}.tmp",
         out.file_name()

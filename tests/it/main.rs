@@ -19,6 +19,7 @@ mod lisp_module;
 mod logs;
 mod observe;
 mod output;
+mod pack;
 mod proxy;
 mod reload;
 mod replay;
