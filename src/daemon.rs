@@ -1,5 +1,6 @@
 //! The long-running side of `windlass up`: the project lock, the pid file, the control socket,
-//! signal handling and the orderly shutdown that leaves no app process behind.
+//! signal handling and the orderly shutdown that leaves no app process behind. Where those
+//! files are is [`crate::layout`]'s business; this module owns what happens with them.
 //!
 //! At start the supervisor raises its open-files soft limit to the hard limit
 //! ([`crate::limits`]); the apps get the limit it was started with.
@@ -10,7 +11,6 @@
 //! Ctrl-C or SIGTERM turns that into SIGKILL at once.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,36 +22,10 @@ use tokio::sync::{Notify, watch};
 use crate::admin;
 use crate::config::Config;
 use crate::control;
+use crate::layout::{Layout, write_atomic};
 use crate::metrics::Metrics;
 use crate::proxy::Workers;
 use crate::supervisor::{Options, Supervisor, SupervisorError};
-
-/// Where windlass keeps a project's files (DESIGN.md, "Files").
-#[derive(Debug, Clone)]
-pub struct Paths {
-    pub dir: PathBuf,
-}
-
-impl Paths {
-    pub fn of(config: &Config) -> Paths {
-        Paths {
-            dir: config.state_dir(),
-        }
-    }
-    pub fn socket(&self) -> PathBuf {
-        self.dir.join("control.sock")
-    }
-    pub fn pid_file(&self) -> PathBuf {
-        self.dir.join("windlass.pid")
-    }
-    pub fn lock_file(&self) -> PathBuf {
-        self.dir.join("lock")
-    }
-    /// The detached supervisor's own output.
-    pub fn daemon_log(&self) -> PathBuf {
-        self.dir.join("windlass.log")
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -113,8 +87,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
 }
 
 /// Takes the project lock, or says who holds it.
-pub fn lock(paths: &Paths) -> Result<Flock<File>, DaemonError> {
-    std::fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
+pub fn lock(paths: &Layout) -> Result<Flock<File>, DaemonError> {
+    std::fs::create_dir_all(paths.dir()).map_err(io_err(paths.dir()))?;
     let lock_path = paths.lock_file();
     let f = File::options()
         .create(true)
@@ -129,24 +103,6 @@ pub fn lock(paths: &Paths) -> Result<Flock<File>, DaemonError> {
     })
 }
 
-/// Writes `contents` to `path` atomically: temp file, fsync, rename.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
-/// Hooks for the foreground `up`: called once the supervisor runs.
 /// Listen backlog of the apps' public ports: nginx's 511 rather than the 128 of a plain
 /// `bind`, so a burst of new clients waits in the kernel (capped by `net.core.somaxconn`)
 /// while the proxy is at `max_connections` instead of being refused.
@@ -164,6 +120,7 @@ fn bind_public(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpLis
     socket.listen(PUBLIC_BACKLOG)
 }
 
+/// Hooks for the foreground `up`: called once the supervisor runs.
 pub type OnStarted = Box<dyn FnOnce(&Supervisor) + Send>;
 
 /// Runs the supervisor until a signal or `windlass down`; returns once every app is gone.
@@ -172,7 +129,7 @@ pub async fn run(
     mut opts: Options,
     on_started: Option<OnStarted>,
 ) -> Result<(), DaemonError> {
-    let paths = Paths::of(&config);
+    let paths = config.layout();
     let _lock = lock(&paths)?;
     // Every client connection is a descriptor: take what the hard limit allows (the apps
     // keep the limit windlass was started with).
@@ -235,7 +192,14 @@ pub async fn run(
         .collect();
     let root = config.root.clone();
 
+    // Orphans of the apps come to windlass (PID 1 in a container gets them anyway).
+    crate::supervisor::reaper::become_subreaper();
+    let _reaper =
+        crate::supervisor::reaper::spawn().map_err(io_err(Path::new("SIGCHLD handler")))?;
+    let only = opts.only.clone();
     let supervisor = Supervisor::start(config, opts)?;
+    // Under systemd: READY=1 once the apps are up, STATUS=, RELOADING=1, watchdog pings.
+    let notifier = crate::notify::Notifier::start(&supervisor, &only);
     let (proxy_stop_tx, proxy_stop_rx) = watch::channel(false);
     let mut proxy_tasks = Vec::new();
     let workers = if listeners.is_empty() {
@@ -318,6 +282,9 @@ pub async fn run(
         _ = down.notified() => "windlass down",
     };
     tracing::info!(reason, "stopping every app");
+    if let Some(n) = notifier {
+        n.stopping();
+    }
     // New connections are refused from now on; requests in flight finish while the apps drain.
     proxy_stop_tx.send_replace(true);
     let shutdown = supervisor.shutdown();

@@ -1,35 +1,50 @@
 //! windlass: run, supervise, hot-reload, monitor and deploy web applications on Linux.
 //!
 //! The library holds every room of the architecture (DESIGN.md); the binary is a thin shell
-//! over [`cli::main`]. Rooms: [`config`] (parse and validate), [`supervisor`] (processes,
-//! restarts, the guardian), [`logs`] (capture and rotation), [`control`] (the API on the
-//! control socket), [`daemon`] (the long-running process), [`lisp`] (Common Lisp apps:
-//! detection, launcher, executables, swank), [`release`] (built releases), [`proxy`] (the
-//! reverse proxy) and [`health`] (its checks), [`cli`] (one file per verb), and [`protocol`]
-//! (wire types shared by the control server and its clients); [`init`] detects projects for
-//! `windlass init`, [`ports`] finds who holds a port and [`limits`] handles the open-files
-//! limit.
+//! over [`cli::main`]. Two layers, checked by a test ([`layering`]):
+//!
+//! - Lower rooms, which never import the upper ones: [`config`] (find, parse and validate
+//!   `windlass.toml`), [`protocol`] (the wire types of the control API), [`logs`] (capture,
+//!   rotation, tail), [`proxy`] (the reverse proxy), [`lisp`] (Common Lisp apps: detection,
+//!   launcher, executables, swank), [`health`] (health checks) and [`layout`] (the project's
+//!   files on disk and the one atomic write).
+//! - Upper rooms, built on them: [`supervisor`] (instances, restarts, the guardian),
+//!   [`daemon`] (the long-running process), [`control`] (the API on the control socket),
+//!   [`admin`] (the admin listener: `/metrics`, `/dashboard`, `/api`), [`metrics`] (the
+//!   Prometheus registry) and [`cli`] (one file per verb).
+//!
+//! Beside them: [`release`] (built releases), [`init`] (project detection for `windlass init`),
+//! [`dashboard`] (the embedded web UI), [`watch`] (reload on file changes), [`ports`] (who
+//! holds a port), [`limits`] (the open-files limit), [`notify`] (systemd's notify protocol and
+//! journald priorities) and [`export`] (`windlass export`: systemd units, Dockerfiles,
+//! Kubernetes manifests). Only what `tests/it` needs is `pub`;
+//! the rest is `pub(crate)`, so rustc reports dead code.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod daemon;
-pub mod dashboard;
+pub(crate) mod control;
+pub(crate) mod daemon;
+pub(crate) mod dashboard;
+pub(crate) mod export;
 pub mod health;
-pub mod init;
-pub mod limits;
+pub(crate) mod init;
+#[cfg(test)]
+mod layering;
+pub(crate) mod layout;
+pub(crate) mod limits;
 pub mod lisp;
-pub mod logs;
-pub mod metrics;
-pub mod pack;
-pub mod ports;
-pub mod protocol;
+pub(crate) mod logs;
+pub(crate) mod metrics;
+pub(crate) mod notify;
+pub(crate) mod pack;
+pub(crate) mod ports;
+pub(crate) mod protocol;
 pub mod proxy;
-pub mod release;
-pub mod supervisor;
+pub(crate) mod release;
+pub(crate) mod supervisor;
 #[cfg(test)]
 mod testrng;
-pub mod watch;
+pub(crate) mod watch;
 
-pub use supervisor::unix_now;
+pub(crate) use supervisor::unix_now;

@@ -1,4 +1,7 @@
-//! The control API's wire types, shared by the supervisor (server) and the CLI (client).
+//! The control API's wire types, shared by the supervisor (server) and the CLI (client): the
+//! status of apps and instances, log lines, the action verbs ([`Action`]) and their answers,
+//! and a Lisp image's figures ([`LispMetrics`]). Plain data: this module imports nothing that
+//! behaves, so both ends can use it without pulling in the other.
 //!
 //! The API is HTTP/1.1 with JSON bodies, on `.windlass/control.sock`. Paths carry the protocol
 //! version (`/v1/...`), which is independent of the crate version: fields may be added within a
@@ -9,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version in every path: `/v1/status`, `/v1/logs`, ...
 pub const VERSION: u32 = 1;
-pub const PREFIX: &str = "/v1";
 
 /// `GET /v1/status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,7 +86,18 @@ pub struct InstanceStatus {
     pub message: Option<String>,
     /// Lisp apps with swank, in `GET /v1/apps/{app}` only: the image's heap, GC and threads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lisp: Option<crate::lisp::swank::LispMetrics>,
+    pub lisp: Option<LispMetrics>,
+}
+
+/// A Lisp image's memory, GC and threads, read through swank: in `GET /v1/apps/{app}` and
+/// the `/metrics` series.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LispMetrics {
+    pub dynamic_usage_bytes: u64,
+    pub dynamic_space_size_bytes: u64,
+    pub gc_run_time_seconds: f64,
+    pub bytes_consed_total: u64,
+    pub threads: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -146,11 +159,6 @@ impl State {
     pub fn is_failed(self) -> bool {
         matches!(self, State::Crashloop | State::Fatal)
     }
-
-    /// True once a start attempt has settled (running, or failed for good).
-    pub fn is_settled(self) -> bool {
-        !matches!(self, State::Starting | State::Stopping)
-    }
 }
 
 /// One captured log line: `GET /v1/logs` streams these as newline-delimited JSON.
@@ -211,6 +219,35 @@ pub struct ApiError {
     pub hint: Option<String>,
 }
 
+/// The verbs of `POST /v1/apps/{app}/{action}`: the CLI writes them, the server parses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+    /// With the app's reload strategy (blue-green, restart or in-place).
+    Reload,
+}
+
+impl Action {
+    pub const ALL: [Action; 4] = [Action::Start, Action::Stop, Action::Restart, Action::Reload];
+
+    /// The verb in the URL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Restart => "restart",
+            Action::Reload => "reload",
+        }
+    }
+
+    /// The verb named `s` in a URL, if any.
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
 /// Answer to `POST /v1/apps/{app}/{action}` and `POST /v1/down`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ActionResult {
@@ -243,4 +280,19 @@ pub struct InstanceReload {
     pub output: String,
     /// The app's log lines (stderr, or the console) written during the reload.
     pub log_lines: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_verb_parses_back_and_nothing_else_does() {
+        for a in Action::ALL {
+            assert_eq!(Action::parse(a.as_str()), Some(a));
+        }
+        assert_eq!(Action::parse("Start"), None);
+        assert_eq!(Action::parse("console"), None);
+        assert_eq!(Action::parse(""), None);
+    }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AppConfig, LispConfig, ReleaseSel};
+use crate::config::{AppConfig, LispConfig, ReleaseSel, valid_release_id};
 use crate::lisp::executable::{self, BuildError, BuildSpec};
 
 /// The manifest's file name inside a release directory.
@@ -110,14 +110,6 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Relea
     }
 }
 
-/// True if `id` can name a release directory.
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with(['.', '-'])
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-}
-
 /// `20261124T031500Z` for `t`.
 pub fn timestamp_id(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t)
@@ -148,7 +140,7 @@ pub fn list(dir: &Path) -> Result<Vec<Release>, ReleaseError> {
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !valid_id(&name) {
+        if !valid_release_id(&name) {
             continue;
         }
         let path = entry.path();
@@ -294,7 +286,7 @@ pub async fn build(app: &AppConfig) -> Result<Release, ReleaseError> {
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
     let mpath = tmp.join(MANIFEST);
-    crate::daemon::write_atomic(&mpath, &json).map_err(io("write", &mpath))?;
+    crate::layout::write_atomic(&mpath, &json).map_err(io("write", &mpath))?;
     let final_dir = dir.join(&id);
     std::fs::rename(&tmp, &final_dir).map_err(io("rename into place", &final_dir))?;
     let pinned = match &lisp.release {
@@ -343,8 +335,9 @@ mod tests {
         assert_eq!(new_id(dir.path(), t), "20261118T110640Z");
         std::fs::create_dir(dir.path().join("20261118T110640Z")).expect("mkdir");
         assert_eq!(new_id(dir.path(), t), "20261118T110640Z-2");
-        assert!(valid_id("20261118T110640Z-2"));
-        assert!(!valid_id("../x") && !valid_id(".build") && !valid_id(""));
+        // Every id it makes is one `release = "ID"` accepts.
+        assert!(valid_release_id("20261118T110640Z-2"));
+        assert!(!valid_release_id("../x") && !valid_release_id(".build") && !valid_release_id(""));
     }
 
     #[test]

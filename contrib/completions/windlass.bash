@@ -31,6 +31,9 @@ _windlass() {
             windlass,down)
                 cmd="windlass__subcmd__down"
                 ;;
+            windlass,export)
+                cmd="windlass__subcmd__export"
+                ;;
             windlass,help)
                 cmd="windlass__subcmd__help"
                 ;;
@@ -76,6 +79,30 @@ _windlass() {
             windlass,up)
                 cmd="windlass__subcmd__up"
                 ;;
+            windlass__subcmd__export,docker)
+                cmd="windlass__subcmd__export__subcmd__docker"
+                ;;
+            windlass__subcmd__export,help)
+                cmd="windlass__subcmd__export__subcmd__help"
+                ;;
+            windlass__subcmd__export,k8s)
+                cmd="windlass__subcmd__export__subcmd__k8s"
+                ;;
+            windlass__subcmd__export,systemd)
+                cmd="windlass__subcmd__export__subcmd__systemd"
+                ;;
+            windlass__subcmd__export__subcmd__help,docker)
+                cmd="windlass__subcmd__export__subcmd__help__subcmd__docker"
+                ;;
+            windlass__subcmd__export__subcmd__help,help)
+                cmd="windlass__subcmd__export__subcmd__help__subcmd__help"
+                ;;
+            windlass__subcmd__export__subcmd__help,k8s)
+                cmd="windlass__subcmd__export__subcmd__help__subcmd__k8s"
+                ;;
+            windlass__subcmd__export__subcmd__help,systemd)
+                cmd="windlass__subcmd__export__subcmd__help__subcmd__systemd"
+                ;;
             windlass__subcmd__help,attach)
                 cmd="windlass__subcmd__help__subcmd__attach"
                 ;;
@@ -90,6 +117,9 @@ _windlass() {
                 ;;
             windlass__subcmd__help,down)
                 cmd="windlass__subcmd__help__subcmd__down"
+                ;;
+            windlass__subcmd__help,export)
+                cmd="windlass__subcmd__help__subcmd__export"
                 ;;
             windlass__subcmd__help,help)
                 cmd="windlass__subcmd__help__subcmd__help"
@@ -133,6 +163,15 @@ _windlass() {
             windlass__subcmd__help,up)
                 cmd="windlass__subcmd__help__subcmd__up"
                 ;;
+            windlass__subcmd__help__subcmd__export,docker)
+                cmd="windlass__subcmd__help__subcmd__export__subcmd__docker"
+                ;;
+            windlass__subcmd__help__subcmd__export,k8s)
+                cmd="windlass__subcmd__help__subcmd__export__subcmd__k8s"
+                ;;
+            windlass__subcmd__help__subcmd__export,systemd)
+                cmd="windlass__subcmd__help__subcmd__export__subcmd__systemd"
+                ;;
             *)
                 ;;
         esac
@@ -140,7 +179,7 @@ _windlass() {
 
     case "${cmd}" in
         windlass)
-            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases pack repl attach help"
+            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases pack repl attach export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -259,8 +298,194 @@ _windlass() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        windlass__subcmd__export)
+            opts="-v -h -V --verbose --help --version systemd docker k8s help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__docker)
+            opts="-o -f -v -h -V --output --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__help)
+            opts="systemd docker k8s help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__help__subcmd__docker)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__help__subcmd__k8s)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__help__subcmd__systemd)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__k8s)
+            opts="-o -f -v -h -V --output --namespace --image --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --image)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__export__subcmd__systemd)
+            opts="-o -f -v -h -V --user --output --run-as --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         windlass__subcmd__help)
-            opts="up down status logs start stop restart reload check top init completions man build releases pack repl attach help"
+            opts="up down status logs start stop restart reload check top init completions man build releases pack repl attach export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -332,6 +557,62 @@ _windlass() {
         windlass__subcmd__help__subcmd__down)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__export)
+            opts="systemd docker k8s"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__export__subcmd__docker)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__export__subcmd__k8s)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__export__subcmd__systemd)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -836,7 +1117,7 @@ _windlass() {
             return 0
             ;;
         windlass__subcmd__up)
-            opts="-d -f -v -h -V --detach --file --wait --detached-child --verbose --help --version"
+            opts="-d -f -v -h -V --detach --file --wait --instances --detached-child --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -851,6 +1132,10 @@ _windlass() {
                     return 0
                     ;;
                 --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instances)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

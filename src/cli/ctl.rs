@@ -4,8 +4,8 @@ use hyper::Method;
 
 use super::output;
 use super::{ProjectArg, Result, client, exit};
+use crate::protocol::Action;
 use crate::protocol::ActionResult;
-use crate::supervisor::Action;
 
 /// Start, stop or restart every instance of an app.
 #[derive(Debug, clap::Args)]
@@ -31,15 +31,10 @@ pub struct DownArgs {
 
 pub async fn act(args: AppArgs, action: Action) -> Result {
     let c = client(args.project.file.as_ref())?;
-    let verb = match action {
-        Action::Start => "start",
-        Action::Stop => "stop",
-        Action::Restart => "restart",
-    };
     let r: ActionResult = c
         .json(
             Method::POST,
-            &format!("/v1/apps/{}/{verb}", urlencode(&args.app)),
+            &format!("/v1/apps/{}/{}", urlencode(&args.app), action.as_str()),
         )
         .await?;
     // The message can quote the app (a reload's compiler output): shown, not obeyed.
@@ -75,7 +70,11 @@ pub async fn reload(args: ReloadArgs) -> Result {
     let r: ActionResult = c
         .json(
             Method::POST,
-            &format!("/v1/apps/{}/reload", urlencode(&args.app)),
+            &format!(
+                "/v1/apps/{}/{}",
+                urlencode(&args.app),
+                Action::Reload.as_str()
+            ),
         )
         .await?;
     // The message can quote the app (a reload's compiler output): shown, not obeyed.

@@ -88,7 +88,13 @@ pub fn run(args: Args) -> Result {
         print!("{}", rendered.text);
         return Ok(exit::OK);
     }
-    write_atomically(&file, &rendered.text)?;
+    crate::layout::write_atomic(&file, rendered.text.as_bytes()).map_err(|e| {
+        CliError::new(
+            exit::FAILURE,
+            format!("cannot write {}: {e}", file.display()),
+        )
+        .with_hint("check that this directory is writable")
+    })?;
 
     let next = match rendered.fill_in.first() {
         Some((line, what)) => format!(
@@ -155,26 +161,4 @@ pub fn run(args: Args) -> Result {
     }
     println!("next: {}", paint(color, output::BOLD, &next));
     Ok(exit::OK)
-}
-
-/// Temp file, fsync, rename: never a half-written config.
-fn write_atomically(file: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let tmp = file.with_extension("toml.tmp");
-    let fail = |what: &str, e: std::io::Error| {
-        CliError::new(
-            exit::FAILURE,
-            format!("cannot {what} {}: {e}", tmp.display()),
-        )
-        .with_hint("check that this directory is writable")
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(|e| fail("create", e))?;
-    f.write_all(text.as_bytes()).map_err(|e| fail("write", e))?;
-    f.sync_all().map_err(|e| fail("sync", e))?;
-    std::fs::rename(&tmp, file).map_err(|e| {
-        CliError::new(
-            exit::FAILURE,
-            format!("cannot rename {} to {}: {e}", tmp.display(), file.display()),
-        )
-    })
 }

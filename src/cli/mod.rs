@@ -8,9 +8,10 @@ mod build;
 mod check;
 mod completions;
 pub(crate) mod ctl;
+mod export;
 mod init;
 mod logs;
-pub mod output;
+pub(crate) mod output;
 mod pack;
 mod releases;
 mod repl;
@@ -25,7 +26,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigError};
 use crate::control::client::{Client, ClientError};
-use crate::daemon::{DaemonError, Paths};
+use crate::daemon::DaemonError;
+use crate::layout::Layout;
 
 /// Documented exit codes.
 pub mod exit {
@@ -51,7 +53,8 @@ Examples:
   windlass build              build a release of each Common Lisp app
   windlass pack --format oci  the project as an OCI image (no daemon needed)
   windlass repl hello         a Lisp REPL into app `hello` over swank
-  windlass attach hello       the app's console (its REPL); detach with Ctrl-]";
+  windlass attach hello       the app's console (its REPL); detach with Ctrl-]
+  windlass export systemd     a systemd unit for the project (also: docker, k8s)";
 
 /// Run, supervise, hot-reload, monitor and deploy web apps.
 #[derive(Debug, Parser)]
@@ -84,6 +87,7 @@ pub enum Command {
     Pack(pack::Args),
     Repl(repl::Args),
     Attach(attach::Args),
+    Export(export::Args),
 }
 
 /// An error on its way to the terminal: message, hint, exit code.
@@ -177,11 +181,7 @@ pub fn client(file: Option<&PathBuf>) -> Result<Client> {
     })?;
     let path = config::discover(&cwd, file.map(PathBuf::as_path))?;
     let root = path.parent().map(PathBuf::from).unwrap_or_default();
-    let dir = match std::env::var_os(config::envvars::STATE_DIR) {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => root.join(".windlass"),
-    };
-    Ok(Client::new(&Paths { dir }.socket()))
+    Ok(Client::new(&Layout::of_root(&root).socket()))
 }
 
 fn init_tracing(verbose: u8) {
@@ -192,6 +192,16 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("windlass={default}")));
+    if crate::notify::under_systemd() {
+        // journald reads each line's `<N>` priority.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(crate::notify::JournalFormat)
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -244,6 +254,9 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let color = output::color_stderr();
+            if crate::notify::under_systemd() {
+                eprint!("<{}>", crate::notify::priority(tracing::Level::ERROR));
+            }
             // Messages can quote what apps wrote (a reload's diagnostics, a health check's
             // answer): control characters are shown, not obeyed.
             eprintln!(
@@ -260,7 +273,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardian>) -> Result {
-    use crate::supervisor::Action;
+    use crate::protocol::Action;
     match cli.command {
         Command::Up(a) => up::run(a, guardian).await,
         Command::Down(a) => ctl::down(a).await,
@@ -280,6 +293,7 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Pack(a) => pack::run(a),
         Command::Repl(a) => repl::run(a).await,
         Command::Attach(a) => attach::run(a).await,
+        Command::Export(a) => export::run(a),
     }
 }
 

@@ -112,18 +112,6 @@ pub fn sanitize(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// [`sanitize`] for bytes: invalid UTF-8 is shown as `\xNN` too.
-pub fn sanitize_bytes(b: &[u8]) -> String {
-    let mut out = String::with_capacity(b.len());
-    for chunk in b.utf8_chunks() {
-        out.push_str(&sanitize(chunk.valid()));
-        for byte in chunk.invalid() {
-            let _ = write!(out, "\\x{byte:02x}");
-        }
-    }
-    out
-}
-
 /// [`sanitize`] for text of several lines: the line breaks are kept (a CR before one is
 /// dropped), everything else is escaped.
 pub fn sanitize_text(s: &str) -> String {
@@ -226,7 +214,6 @@ mod tests {
             "a\tb\\x9b31m\\x7f\\x0d\\x0a"
         );
         assert!(matches!(sanitize("plain é ✓"), Cow::Borrowed(_)));
-        assert_eq!(sanitize_bytes(b"ok\xff\x1b[2J"), "ok\\xff\\x1b[2J");
         assert_eq!(sanitize_text("one\r\ntwo\x1b\n"), "one\ntwo\\x1b\n");
         assert_eq!(
             json_for_terminal("{\"line\":\"a\u{9b}b\"}"),
@@ -267,7 +254,6 @@ mod tests {
                     input.extend_from_slice(ALPHABET[(rng.next() as usize) % ALPHABET.len()]);
                 }
             }
-            assert_terminal_safe(&sanitize_bytes(&input), &input);
             let lossy = String::from_utf8_lossy(&input);
             assert_terminal_safe(&sanitize(&lossy), &input);
             let json = serde_json::to_string(&lossy).expect("json");

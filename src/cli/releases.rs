@@ -38,7 +38,7 @@ struct Listing<'a> {
 
 pub fn run(args: Args) -> Result {
     let config = load_config(args.project.file.as_ref())?;
-    let dir = config.state_dir().join("releases");
+    let dir = config.layout().releases_dir();
     let all =
         release::list(&dir).map_err(|e| super::CliError::new(exit::FAILURE, e.to_string()))?;
     let selected = |app: Option<&AppConfig>| -> Option<String> {

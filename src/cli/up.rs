@@ -13,7 +13,7 @@ use hyper::Method;
 use super::output::{self, paint};
 use super::{CliError, Result, exit, load_config};
 use crate::control::client::Client;
-use crate::daemon::{self, Paths};
+use crate::daemon;
 use crate::protocol::{LogLine, State, Status, Stream};
 use crate::supervisor::guardian::Guardian;
 use crate::supervisor::{Options, Supervisor};
@@ -43,6 +43,10 @@ pub struct Args {
     /// How long `-d` waits for the apps to start.
     #[arg(long, default_value = "120s", value_parser = parse_dur, hide_short_help = true)]
     pub wait: Duration,
+    /// Run N instances of every app instead of each app's `instances` (a Kubernetes pod runs
+    /// 1: the cluster runs the replicas).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub instances: Option<u32>,
     /// Internal: this process is the detached supervisor.
     #[arg(long, hide = true)]
     pub detached_child: bool,
@@ -53,7 +57,12 @@ fn parse_dur(s: &str) -> std::result::Result<Duration, String> {
 }
 
 pub async fn run(args: Args, guardian: Option<Guardian>) -> Result {
-    let config = load_config(args.file.as_ref())?;
+    let mut config = load_config(args.file.as_ref())?;
+    if let Some(n) = args.instances {
+        for app in &mut config.apps {
+            app.instances = n;
+        }
+    }
     if args.detach {
         return detach(&args, &config).await;
     }
@@ -148,11 +157,11 @@ fn spawn_printer(sup: &Supervisor, mut rx: tokio::sync::broadcast::Receiver<Arc<
 
 /// Starts the detached supervisor and waits until its apps have started or failed.
 async fn detach(args: &Args, config: &crate::config::Config) -> Result {
-    let paths = Paths::of(config);
-    std::fs::create_dir_all(&paths.dir).map_err(|e| {
+    let paths = config.layout();
+    std::fs::create_dir_all(paths.dir()).map_err(|e| {
         CliError::new(
             exit::FAILURE,
-            format!("cannot create {}: {e}", paths.dir.display()),
+            format!("cannot create {}: {e}", paths.dir().display()),
         )
     })?;
     let client = Client::new(&paths.socket());
@@ -189,6 +198,9 @@ async fn detach(args: &Args, config: &crate::config::Config) -> Result {
         .arg("--file")
         .arg(&config.file)
         .args(&args.apps);
+    if let Some(n) = args.instances {
+        cmd.arg("--instances").arg(n.to_string());
+    }
     cmd.stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)

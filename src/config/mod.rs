@@ -5,9 +5,9 @@
 //! error, each with file:line:column and a hint. With no `windlass.toml`, a `Procfile` is read
 //! ([`procfile`]). The rest of windlass only ever sees the resolved [`Config`].
 
-pub mod diagnostic;
-pub mod envfile;
-pub mod procfile;
+pub(crate) mod diagnostic;
+pub(crate) mod envfile;
+pub(crate) mod procfile;
 pub mod raw;
 mod validate;
 
@@ -15,6 +15,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::layout::Layout;
 
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use raw::{ReloadStrategy, RestartPolicy};
@@ -32,7 +34,7 @@ pub mod envvars {
     /// The app's name.
     pub const APP: &str = "WINDLASS_APP";
     /// Overrides the directory windlass keeps its files in (default `.windlass` beside the config).
-    pub const STATE_DIR: &str = "WINDLASS_DIR";
+    pub const STATE_DIR: &str = crate::layout::STATE_DIR_ENV;
     /// Disables colour when set to any value (<https://no-color.org>).
     pub const NO_COLOR: &str = "NO_COLOR";
     /// Set to `1` for apps with `console = true`: stdin is a terminal someone may attach to
@@ -66,18 +68,19 @@ impl Config {
         self.apps.iter().find(|a| a.name == name)
     }
 
-    /// The directory windlass keeps its state in for this project.
-    pub fn state_dir(&self) -> PathBuf {
-        state_dir_for(&self.root)
+    /// Where windlass keeps this project's files.
+    pub fn layout(&self) -> Layout {
+        Layout::of_root(&self.root)
     }
 }
 
-/// The state directory of the project rooted at `root`: `WINDLASS_DIR`, else `root/.windlass`.
-pub fn state_dir_for(root: &Path) -> PathBuf {
-    match std::env::var_os(envvars::STATE_DIR) {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => root.join(".windlass"),
-    }
+/// True if `id` can name a release (a folder in [`Layout::releases_dir`]): what
+/// `release = "ID"` accepts and what `windlass build` and `releases` list.
+pub fn valid_release_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with(['.', '-'])
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 #[derive(Clone)]
@@ -89,6 +92,9 @@ pub struct AppConfig {
     pub cwd: PathBuf,
     /// Environment added to windlass's own: env_file first, then `env` (which wins).
     pub env: Vec<(String, String)>,
+    /// `env_file`, resolved against the project directory (its values are in `env`; the
+    /// exporters need to know which came from it, to keep them out of generated files).
+    pub env_file: Option<PathBuf>,
     pub port: Option<u16>,
     /// The address the public port is bound on (default 0.0.0.0, every interface).
     pub bind: std::net::IpAddr,

@@ -80,6 +80,7 @@ pub fn parse(file: &Path, root: &Path, text: &str) -> Result<Config, ConfigError
             shell: true,
             cwd: root.to_path_buf(),
             env: Vec::new(),
+            env_file: None,
             port,
             bind: std::net::IpAddr::from([0, 0, 0, 0]),
             port_env: envvars::PORT.to_owned(),

@@ -16,6 +16,7 @@ use super::{
     LispConfig, LogsConfig, ProxySettings, ReleaseSel, Source, StopConfig, did_you_mean, envfile,
     envvars, valid_app_name, valid_env_name,
 };
+use crate::layout::Layout;
 use crate::lisp::launcher::{self, LispApp, SourceOptions};
 
 struct Ctx<'a> {
@@ -449,6 +450,7 @@ fn resolve_app(
         shell,
         cwd,
         env,
+        env_file: raw.env_file.as_ref().map(|ef| root.join(ef.get_ref())),
         port,
         bind,
         port_env,
@@ -629,7 +631,7 @@ fn resolve_lisp(
         let v = r.get_ref().trim();
         if v == "latest" {
             Some(ReleaseSel::Latest)
-        } else if crate::release::valid_id(v) {
+        } else if super::valid_release_id(v) {
             Some(ReleaseSel::Id(v.to_owned()))
         } else {
             cx.error(
@@ -659,14 +661,14 @@ fn resolve_lisp(
         Some(k) => *k.get_ref(),
         None => KEEP_RELEASES,
     };
-    let state_dir = super::state_dir_for(root);
+    let layout = Layout::of_root(root);
     let cache_dir = lc
         .env
         .iter()
         .rev()
         .find(|(k, _)| k == launcher::ENV_XDG_CACHE_HOME)
         .map(|(_, v)| lc.cwd.join(v))
-        .unwrap_or_else(|| state_dir.join("cache"));
+        .unwrap_or_else(|| layout.cache_dir());
     let sbcl = r.sbcl.as_ref().map(PathBuf::from);
     // The runtime's grace for in-flight requests stays below windlass's stop timeout, so
     // the app exits by itself before windlass resorts to SIGKILL.
@@ -691,8 +693,7 @@ fn resolve_lisp(
             stop_timeout: Some(grace),
             // Absolute: the instance runs in its own `cwd`, windlass writes the file from its.
             runtime_dir: Some(
-                std::path::absolute(state_dir.join("lisp"))
-                    .unwrap_or_else(|_| state_dir.join("lisp")),
+                std::path::absolute(layout.lisp_dir()).unwrap_or_else(|_| layout.lisp_dir()),
             ),
             ..SourceOptions::default()
         };
@@ -740,7 +741,7 @@ fn resolve_lisp(
             reload_eval,
             release,
             compile,
-            releases_dir: state_dir.join("releases"),
+            releases_dir: layout.releases_dir(),
             keep_releases,
         },
         argv,

@@ -22,8 +22,9 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, broadcast, watch};
 
 use crate::logs::tail::{MAX_BYTES, MAX_LINES, last_records};
+use crate::protocol::Action;
 use crate::protocol::{ActionResult, ApiError, LogLine, LogsQuery, Stream};
-use crate::supervisor::{Action, Supervisor, SupervisorError, lisp_image};
+use crate::supervisor::{Supervisor, SupervisorError, lisp_image};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -165,7 +166,17 @@ async fn app_action(
     AxState(ctx): AxState<Ctx>,
     UrlPath((app, action)): UrlPath<(String, String)>,
 ) -> Response {
-    if action == "reload" {
+    let Some(action) = Action::parse(&action) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown action `{action}`"),
+            Some(format!(
+                "actions: {}",
+                Action::ALL.map(Action::as_str).join(", ")
+            )),
+        );
+    };
+    if action == Action::Reload {
         return match ctx.supervisor.reload(&app).await {
             Ok((s, lines)) => Json(ActionResult {
                 ok: true,
@@ -176,18 +187,6 @@ async fn app_action(
             Err(e) => sup_error(e),
         };
     }
-    let action = match action.as_str() {
-        "start" => Action::Start,
-        "stop" => Action::Stop,
-        "restart" => Action::Restart,
-        other => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("unknown action `{other}`"),
-                Some("actions: start, stop, restart, reload".into()),
-            );
-        }
-    };
     match ctx.supervisor.act(&app, action).await {
         Ok(s) => Json(ActionResult {
             ok: true,
@@ -252,7 +251,7 @@ async fn logs(AxState(ctx): AxState<Ctx>, Query(q): Query<LogsQuery>) -> Respons
                             line: format!(
                                 "older lines not shown: a log read returns at most {} MiB per app; they are in {}",
                                 MAX_BYTES >> 20,
-                                crate::logs::log_path(&dir, a).display()
+                                crate::layout::log_path(&dir, a).display()
                             ),
                         });
                     }

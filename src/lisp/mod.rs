@@ -7,8 +7,8 @@
 //! for `windlass build`; [`swank`] talks to a running image for `windlass repl`,
 //! in-place reloads and metrics; [`sexp`] reads and prints the s-expressions they share.
 
-pub mod detect;
+pub(crate) mod detect;
 pub mod executable;
 pub mod launcher;
-pub mod sexp;
+pub(crate) mod sexp;
 pub mod swank;

@@ -30,6 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::lisp::sexp::{self, Sexp, SexpError};
+use crate::protocol::LispMetrics;
 
 /// Messages larger than this are refused (swank's own limit, 2^24 - 1 bytes).
 pub const MAX_MESSAGE: usize = 0xFF_FFFF;
@@ -87,16 +88,6 @@ pub struct ReloadReport {
     pub diagnostics: String,
     /// What the reload printed to `*standard-output*`.
     pub output: String,
-}
-
-/// SBCL memory and GC figures, for Prometheus.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LispMetrics {
-    pub dynamic_usage_bytes: u64,
-    pub dynamic_space_size_bytes: u64,
-    pub gc_run_time_seconds: f64,
-    pub bytes_consed_total: u64,
-    pub threads: u64,
 }
 
 /// One connection to a swank server.

@@ -21,20 +21,11 @@ use std::time::SystemTime;
 use tokio::sync::broadcast;
 
 use crate::config::LogsConfig;
+pub(crate) use crate::layout::{log_path, rotated_path};
 use crate::protocol::{LogLine, Stream};
 
 /// Lines that followers (`logs -f`, the foreground printer) receive.
 pub type Tap = broadcast::Sender<Arc<LogLine>>;
-
-/// Path of an app's current log file.
-pub fn log_path(dir: &Path, app: &str) -> PathBuf {
-    dir.join(format!("{app}.log"))
-}
-
-/// Path of an app's `k`-th rotated log file (`k >= 1`).
-pub fn rotated_path(dir: &Path, app: &str, k: u32) -> PathBuf {
-    dir.join(format!("{app}.log.{k}"))
-}
 
 /// The current time as written in log records.
 pub fn timestamp() -> String {
@@ -120,10 +111,6 @@ impl AppLog {
             dropped: AtomicU64::new(0),
             tap,
         }
-    }
-
-    pub fn app(&self) -> &str {
-        &self.app
     }
 
     /// Lines that could not be written to disk since the supervisor started.

@@ -101,16 +101,6 @@ fn tail_file(
     Ok(cut)
 }
 
-/// The last `n` lines of `path` (fewer if the file is shorter), oldest first.
-pub fn last_lines(path: &Path, n: usize) -> io::Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut budget = usize::MAX;
-    tail_file(path, n, &mut budget, &mut |l| {
-        out.push(String::from_utf8_lossy(l).into_owned())
-    })?;
-    Ok(out)
-}
-
 /// The last records of one app: [`last_records`]'s answer.
 pub struct Records {
     /// Oldest first.
@@ -162,6 +152,16 @@ pub fn last_records(
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// The last `n` lines of `path` (fewer if the file is shorter), oldest first.
+    fn last_lines(path: &Path, n: usize) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut budget = usize::MAX;
+        tail_file(path, n, &mut budget, &mut |l| {
+            out.push(String::from_utf8_lossy(l).into_owned())
+        })?;
+        Ok(out)
+    }
 
     #[test]
     fn reads_the_tail_across_block_boundaries() {

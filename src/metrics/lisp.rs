@@ -15,7 +15,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 
 use super::family;
-use crate::lisp::swank::LispMetrics;
+use crate::protocol::LispMetrics;
 use crate::supervisor::{Supervisor, lisp_image};
 
 /// How often the images are asked.

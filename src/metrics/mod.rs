@@ -1,9 +1,10 @@
 //! Prometheus exposition: apps and instances read from the supervisor and /proc at each
-//! scrape, windlass's own process, and the series the proxy fills ([`proxy`]).
+//! scrape ([`procs`]), windlass's own process, the proxy's counters ([`proxy_collector`])
+//! and Lisp images ([`lisp`]).
 //!
 //! No global state: the daemon owns one [`Metrics`] (a `prometheus-client` registry) and
-//! passes it to the admin listener, which calls [`Metrics::encode`] for `/metrics`, and the
-//! proxy's handle [`Metrics::proxy`] to the proxy. Names follow
+//! passes it to the admin listener, which calls [`Metrics::encode`] for `/metrics`; the proxy
+//! counts with its own atomics and is read at scrape time. Names follow
 //! `windlass_<subsystem>_<name>_<unit>`; instances carry `app` and `index` labels (`index`,
 //! not `instance`, because Prometheus sets `instance` to the scrape target). The figures of
 //! Lisp images come from swank through a cache refreshed in the background ([`lisp`]), so a
@@ -11,7 +12,7 @@
 
 pub mod lisp;
 pub mod procs;
-pub mod proxy;
+pub mod proxy_collector;
 
 use std::sync::Arc;
 
@@ -55,7 +56,7 @@ impl Metrics {
         registry.register_collector(Box::new(SupervisorCollector {
             supervisor: supervisor.clone(),
         }));
-        registry.register_collector(Box::new(proxy::ProxyCollector {
+        registry.register_collector(Box::new(proxy_collector::ProxyCollector {
             supervisor: supervisor.clone(),
         }));
         let lisp = lisp::LispCache::default();

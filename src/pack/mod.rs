@@ -274,7 +274,7 @@ impl Planner<'_> {
         }
         self.project_packed = true;
         let root = &self.config.root;
-        let state = self.config.state_dir();
+        let state = self.config.layout().dir().to_path_buf();
         let walker = ignore::WalkBuilder::new(root)
             .hidden(false)
             .git_ignore(true)
@@ -832,8 +832,8 @@ pub fn default_output(config: &Config, plan: &Plan, format: Format) -> PathBuf {
         Format::Docker => "docker.tar",
     };
     config
-        .state_dir()
-        .join("packs")
+        .layout()
+        .packs_dir()
         .join(format!("{}-{}.{ext}", plan.project, plan.tag))
 }
 

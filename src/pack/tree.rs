@@ -64,6 +64,7 @@ impl Tree {
         self.nodes.iter()
     }
 
+    #[cfg(test)]
     pub fn get(&self, p: &Path) -> Option<&Node> {
         self.nodes.get(&rel(p))
     }

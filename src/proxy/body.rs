@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use crate::proxy::Shared;
 use crate::proxy::backend::InFlight;
+use crate::proxy::counters::UpstreamCause;
 use crate::proxy::deadline::{HeadMark, Stall};
-use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::pool::Upstream;
 
 /// How the client's request body ended.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::proxy::metrics::UpstreamCause;
+use crate::proxy::counters::UpstreamCause;
 
 /// Who caused a failed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

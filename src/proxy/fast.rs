@@ -33,12 +33,12 @@ use tokio::time::Instant;
 
 use crate::proxy::Shared;
 use crate::proxy::backend::InFlight;
+use crate::proxy::counters::UpstreamCause;
 use crate::proxy::deadline::Deadline;
 use crate::proxy::error::{ProxyError, request_id, shows_detail};
 use crate::proxy::forward::{note_error, request_line};
 use crate::proxy::headers::Forwarding;
 use crate::proxy::hold::{Attempts, Broke, Replay};
-use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::pool;
 
 /// Largest request or response head taken here; a larger request goes to the hyper path

@@ -22,9 +22,9 @@ use tokio::time::Instant;
 
 use crate::proxy::Shared;
 use crate::proxy::backend::{BackendId, InFlight};
+use crate::proxy::counters::UpstreamCause;
 use crate::proxy::deadline::instant_after as after;
 use crate::proxy::error::{NotReplayed, ProxyError};
-use crate::proxy::metrics::UpstreamCause;
 use crate::proxy::router::Router;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);

@@ -18,6 +18,7 @@ mod backend;
 mod balancer;
 mod body;
 mod config;
+mod counters;
 mod deadline;
 mod drain;
 mod error;
@@ -26,7 +27,6 @@ mod forward;
 mod headers;
 mod hold;
 mod limit;
-mod metrics;
 mod pool;
 mod router;
 mod server;
@@ -42,17 +42,17 @@ use tokio::net::TcpListener;
 
 pub use crate::proxy::backend::BackendId;
 pub use crate::proxy::config::{IpRange, ProxyConfig};
+pub use crate::proxy::counters::{
+    BackendStatus, LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, UpstreamCause, UpstreamErrors,
+};
 pub(crate) use crate::proxy::deadline::instant_after;
 pub use crate::proxy::drain::DrainReport;
 pub use crate::proxy::error::{Fault, NotReplayed, ProxyError};
 pub use crate::proxy::limit::ConnectionStats;
-pub use crate::proxy::metrics::{
-    BackendStatus, LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, UpstreamCause, UpstreamErrors,
-};
 pub use crate::proxy::workers::Workers;
 
+use crate::proxy::counters::Counters;
 use crate::proxy::limit::Limit;
-use crate::proxy::metrics::Metrics;
 use crate::proxy::router::Router;
 
 /// State shared by the handle, the accept loop and every request of one app.
@@ -60,7 +60,7 @@ pub(crate) struct Shared {
     pub(crate) app: Box<str>,
     pub(crate) cfg: ProxyConfig,
     pub(crate) router: Router,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Counters,
     /// Where failed requests are reported for the app's log ([`AppProxy::set_notes`]).
     pub(crate) notes: std::sync::OnceLock<Notes>,
     pub(crate) note_budget: crate::proxy::error::NoteBudget,
@@ -97,7 +97,7 @@ impl AppProxy {
                 app: app.into(),
                 cfg,
                 router,
-                metrics: Metrics::default(),
+                metrics: Counters::default(),
                 notes: std::sync::OnceLock::new(),
                 note_budget: crate::proxy::error::NoteBudget::new(),
                 limit,

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::proxy::backend::{Backend, BackendId, InFlight};
 use crate::proxy::balancer::pick_index;
-use crate::proxy::metrics::BackendStatus;
+use crate::proxy::counters::BackendStatus;
 use crate::proxy::pool::Pool;
 
 pub(crate) struct Router {

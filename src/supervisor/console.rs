@@ -259,6 +259,7 @@ pub fn spawn(
         .stdout(Stdio::from(slave.try_clone()?))
         .stderr(Stdio::from(slave))
         .kill_on_drop(false);
+    crate::notify::scrub(&mut cmd);
     if let Some(port) = launch.port {
         cmd.env(&app.port_env, port.to_string());
     }

@@ -18,7 +18,6 @@ use nix::unistd::{ForkResult, Pid, fork};
 #[derive(Debug)]
 pub struct Guardian {
     fd: OwnedFd,
-    pid: Pid,
 }
 
 const REC: usize = 5;
@@ -35,12 +34,9 @@ impl Guardian {
                 drop(write);
                 guard(read.as_raw_fd())
             }
-            ForkResult::Parent { child } => {
+            ForkResult::Parent { .. } => {
                 drop(read);
-                Ok(Guardian {
-                    fd: write,
-                    pid: child,
-                })
+                Ok(Guardian { fd: write })
             }
         }
     }
@@ -48,10 +44,6 @@ impl Guardian {
     /// The raw fd, for [`register_from_child`] in a `pre_exec` hook.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
-    }
-
-    pub fn pid(&self) -> Pid {
-        self.pid
     }
 
     /// Tells the guardian that process group `pgid` is gone.

@@ -13,7 +13,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use crate::config::AppConfig;
-use crate::lisp::swank::{self, LispMetrics, SwankClient, SwankError};
+use crate::lisp::swank::{self, SwankClient, SwankError};
+use crate::protocol::LispMetrics;
 use crate::protocol::{InPlaceReport, InstanceReload, LogLine, Stream};
 
 /// How long a reload may take in one image (a big system recompiles for a while).

@@ -15,6 +15,7 @@ pub mod instance;
 pub mod lisp_compile;
 pub mod lisp_image;
 pub mod process;
+pub mod reaper;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{self as cfg, AppConfig, Config, ReloadStrategy};
 use crate::logs::{AppLog, Tap};
-use crate::protocol::{AppStatus, InstanceStatus, LogLine, State, Status, SupervisorInfo};
+use crate::protocol::{Action, AppStatus, InstanceStatus, LogLine, State, Status, SupervisorInfo};
 use crate::proxy::{AppProxy, ProxyConfig};
 use guardian::Guardian;
 use instance::{Cmd, InstanceCell, InstanceCtx, Outcome, Request};
@@ -70,14 +71,6 @@ impl SupervisorError {
     }
 }
 
-/// An action on all instances of an app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Start,
-    Stop,
-    Restart,
-}
-
 /// How to start the supervisor.
 pub struct Options {
     /// Start only these apps (all when empty); the others are known but stopped.
@@ -98,19 +91,39 @@ pub fn log_tap() -> (Tap, broadcast::Receiver<Arc<LogLine>>) {
 /// Cheap to clone; every clone drives the same supervisor.
 #[derive(Clone)]
 pub struct Supervisor {
-    shared: Arc<Shared>,
+    shared: Arc<Inner>,
 }
 
-struct Shared {
+struct Inner {
     config: Config,
     apps: Vec<AppRuntime>,
     tap: Tap,
     force: watch::Sender<bool>,
-    changed: Arc<watch::Sender<u64>>,
-    guardian: Option<Arc<Guardian>>,
+    /// Held for its lifetime: the guardian kills every app when its pipe closes.
+    _guardian: Option<Arc<Guardian>>,
     started_at: f64,
     pid: u32,
     admin: Option<std::net::SocketAddr>,
+    /// Bumped whenever an instance changes state (systemd's STATUS= follows it).
+    changed: Arc<watch::Sender<u64>>,
+    /// How many reloads are under way (systemd's RELOADING=1 while above zero).
+    reloading: watch::Sender<u32>,
+}
+
+/// Counts a reload in [`Inner::reloading`] while it lives.
+struct Reloading<'a>(&'a watch::Sender<u32>);
+
+impl<'a> Reloading<'a> {
+    fn begin(tx: &'a watch::Sender<u32>) -> Reloading<'a> {
+        tx.send_modify(|n| *n += 1);
+        Reloading(tx)
+    }
+}
+
+impl Drop for Reloading<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 struct AppRuntime {
@@ -174,7 +187,7 @@ impl Supervisor {
                 });
             }
         }
-        let log_dir = config.state_dir().join("logs");
+        let log_dir = config.layout().logs_dir();
         std::fs::create_dir_all(&log_dir).map_err(|e| SupervisorError::Io {
             path: log_dir.clone(),
             source: e,
@@ -247,16 +260,17 @@ impl Supervisor {
             });
         }
         Ok(Supervisor {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Inner {
                 config,
                 apps,
                 tap,
                 force,
-                changed,
-                guardian,
+                _guardian: guardian,
                 started_at: unix_now(),
                 pid: std::process::id(),
                 admin: opts.admin,
+                changed,
+                reloading: watch::channel(0).0,
             }),
         })
     }
@@ -302,6 +316,11 @@ impl Supervisor {
         self.shared.tap.subscribe()
     }
 
+    /// The number of reloads under way; changes when one begins or ends.
+    pub fn subscribe_reloads(&self) -> watch::Receiver<u32> {
+        self.shared.reloading.subscribe()
+    }
+
     /// Changes whenever any instance changes state.
     pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
         self.shared.changed.subscribe()
@@ -313,17 +332,19 @@ impl Supervisor {
     }
 
     pub fn log_dir(&self) -> PathBuf {
-        self.shared.config.state_dir().join("logs")
+        self.shared.config.layout().logs_dir()
     }
 
-    /// Starts, stops or restarts every instance of `app`; returns once all have done it.
+    /// Starts, stops or restarts every instance of `app` (a reload is [`Supervisor::reload`]);
+    /// returns once all have done it.
     pub async fn act(&self, app: &str, action: Action) -> Result<AppStatus, SupervisorError> {
-        let rt = self.app(app)?;
         let cmd = match action {
             Action::Start => Cmd::Start,
             Action::Stop => Cmd::Stop,
             Action::Restart => Cmd::Restart,
+            Action::Reload => return self.reload(app).await.map(|(status, _)| status),
         };
+        let rt = self.app(app)?;
         let after = Instant::now();
         if matches!(action, Action::Restart) {
             rt.log.note(None, "restart requested");
@@ -357,6 +378,7 @@ impl Supervisor {
     /// a time; on a failure the remaining old instances keep serving and the error says why.
     pub async fn reload(&self, app: &str) -> Result<(AppStatus, Vec<String>), SupervisorError> {
         let rt = self.app(app)?;
+        let _reloading = Reloading::begin(&self.shared.reloading);
         let _one_at_a_time = rt.reload_lock.lock().await;
         let fresh = cfg::load(&self.shared.config.file)
             .map_err(|e| SupervisorError::Config(e.to_string()))?;
@@ -559,15 +581,6 @@ impl Supervisor {
         self.shared.force.send_replace(true);
     }
 
-    /// True when no instance is starting or stopping.
-    pub fn settled(&self) -> bool {
-        self.shared.apps.iter().all(|a| {
-            a.instances
-                .iter()
-                .all(|i| i.cell.snapshot().state.is_settled())
-        })
-    }
-
     pub fn status(&self) -> Status {
         Status {
             version: crate::protocol::VERSION,
@@ -664,11 +677,6 @@ impl Supervisor {
     /// The admin listener's base URL, when it runs.
     pub fn admin_url(&self) -> Option<String> {
         self.shared.admin.map(|a| format!("http://{a}/"))
-    }
-
-    /// The pid of the guardian process, if any.
-    pub fn guardian_pid(&self) -> Option<i32> {
-        self.shared.guardian.as_ref().map(|g| g.pid().as_raw())
     }
 }
 

@@ -45,6 +45,7 @@ pub fn spawn(app: &AppConfig, launch: &Launch) -> std::io::Result<Child> {
     if let Some(port) = launch.port {
         cmd.env(&app.port_env, port.to_string());
     }
+    crate::notify::scrub(&mut cmd);
     // The app gets the open-files limit windlass was started with, not the raised one.
     crate::limits::restore_in_child(&mut cmd);
     if let Some(fd) = launch.guardian_fd {

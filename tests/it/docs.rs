@@ -274,3 +274,70 @@ fn the_extractor_finds_and_skips_what_it_should() {
     assert!(parses("windlass nope").is_err());
     assert!(parses("windlass status --json | jq .").is_ok());
 }
+
+/// README's "Layout" is a map of `src/`: every source file and folder is named in it, and
+/// every `name.rs` it names exists (a renamed or deleted module cannot leave it stale).
+#[test]
+fn readme_layout_names_every_source_file_and_only_those() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let start = readme
+        .find("## Layout\n")
+        .expect("README has a Layout section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let src = root().join("src");
+    let mut files = Vec::new();
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("read src").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs" || x == "lisp") {
+                out.push(p);
+            }
+        }
+    }
+    walk(&src, &mut files);
+    let mut missing = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(&src).expect("under src");
+        let name = rel.file_name().expect("file name").to_string_lossy();
+        let top = rel.components().next().expect("a component");
+        let top = top.as_os_str().to_string_lossy();
+        let named = if rel.components().count() == 1 {
+            section.contains(&format!("`{name}`"))
+        } else {
+            // `proxy/` and, inside its row, `server.rs`, or a verb named without `.rs`.
+            let stem = name.trim_end_matches(".rs");
+            section.contains(&format!("`{top}/`"))
+                && (name == "mod.rs"
+                    || section.contains(&format!("`{name}`"))
+                    || section.contains(&format!("`{stem}`")))
+        };
+        if !named {
+            missing.push(rel.display().to_string());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "README Layout does not name: {missing:?}"
+    );
+    // Every `something.rs` the section names is a file under src/.
+    let names: Vec<String> = files
+        .iter()
+        .flat_map(|f| {
+            [
+                f.file_name().expect("name").to_string_lossy().into_owned(),
+                f.strip_prefix(&src)
+                    .expect("under src")
+                    .display()
+                    .to_string(),
+            ]
+        })
+        .collect();
+    for cited in section.split('`').skip(1).step_by(2) {
+        if cited.ends_with(".rs") && !names.iter().any(|n| n == cited) {
+            panic!("README Layout names `{cited}`, which is not in src/");
+        }
+    }
+}

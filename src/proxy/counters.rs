@@ -1,6 +1,6 @@
-//! Per-app proxy metrics: plain atomics bumped on the request path and read as a
+//! Per-app proxy counters: plain atomics bumped on the request path and read as a
 //! [`MetricsSnapshot`]. There are no globals: each [`AppProxy`](crate::proxy::AppProxy)
-//! owns one [`Metrics`] and the admin listener turns snapshots into Prometheus text
+//! owns one [`Counters`] and `metrics/proxy_collector.rs` turns snapshots into Prometheus text
 //! (`windlass_proxy_requests_total{app,code}`, a duration histogram, an in-flight gauge,
 //! upstream errors by cause). Counters use `Relaxed` ordering: they are statistics, not
 //! synchronisation, and this keeps the hot path to a handful of uncontended increments.
@@ -65,7 +65,7 @@ impl UpstreamCause {
 
 /// The live counters of one app. Internal; read through [`MetricsSnapshot`].
 #[derive(Default)]
-pub(crate) struct Metrics {
+pub(crate) struct Counters {
     requests: [AtomicU64; 5],
     latency: [AtomicU64; NBUCKETS],
     latency_sum_micros: AtomicU64,
@@ -79,7 +79,7 @@ pub(crate) struct Metrics {
     poison_requests: AtomicU64,
 }
 
-impl Metrics {
+impl Counters {
     pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Relaxed);
     }
@@ -319,7 +319,7 @@ mod tests {
 
     #[test]
     fn snapshot_counts_and_cumulates() {
-        let m = Metrics::default();
+        let m = Counters::default();
         m.request_started();
         m.request_started();
         m.request_started();
