@@ -161,31 +161,6 @@ pub struct Packed {
     pub notes: Vec<String>,
 }
 
-/// The project's name: the project directory's name as a DNS-1123 label (what Kubernetes
-/// and image references accept), `windlass-app` when nothing is left of it.
-pub fn project_name(config: &Config) -> String {
-    let base = config
-        .root
-        .file_name()
-        .map(|n| n.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
-    let mut out = String::new();
-    for c in base.chars() {
-        if c.is_ascii_alphanumeric() {
-            out.push(c);
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    out.truncate(63);
-    let out = out.trim_matches('-').to_owned();
-    if out.is_empty() {
-        "windlass-app".into()
-    } else {
-        out
-    }
-}
-
 /// Directories of a Python standard library that a server does not import: tests, GUIs,
 /// the build configuration, bytecode caches and installed packages (apps bring theirs).
 fn python_skip(rel: &Path) -> bool {
@@ -731,7 +706,8 @@ pub fn plan(config: &Config, opts: &Options) -> Result<Plan, PackError> {
     }
     releases.sort();
     let tag = releases.last().cloned().unwrap_or_else(|| "latest".into());
-    let project = project_name(config);
+    // The name `windlass export k8s` refers to the image by.
+    let project = crate::export::project_name(config);
     let epoch = opts
         .epoch
         .or_else(|| created.iter().max().copied())
