@@ -12,6 +12,7 @@ mod export;
 mod init;
 mod logs;
 pub(crate) mod output;
+mod pack;
 mod releases;
 mod repl;
 mod status;
@@ -50,6 +51,7 @@ Examples:
   windlass top                live CPU, memory and requests per instance
   windlass down               stop every app and the supervisor
   windlass build              build a release of each Common Lisp app
+  windlass pack --format oci  the project as an OCI image (no daemon needed)
   windlass repl hello         a Lisp REPL into app `hello` over swank
   windlass attach hello       the app's console (its REPL); detach with Ctrl-]
   windlass export systemd     a systemd unit for the project (also: docker, k8s)";
@@ -82,6 +84,7 @@ pub enum Command {
     Man(completions::ManArgs),
     Build(build::Args),
     Releases(releases::Args),
+    Pack(pack::Args),
     Repl(repl::Args),
     Attach(attach::Args),
     Export(export::Args),
@@ -287,6 +290,7 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Man(a) => completions::man(a),
         Command::Build(a) => build::run(a).await,
         Command::Releases(a) => releases::run(a),
+        Command::Pack(a) => pack::run(a),
         Command::Repl(a) => repl::run(a).await,
         Command::Attach(a) => attach::run(a).await,
         Command::Export(a) => export::run(a),
