@@ -8,6 +8,9 @@
 #
 # Knobs (env): QUICK, REPS (5), DUR (10, s per wrk run), RELOADS (20), SPACING (0.75, s between
 # reloads), STEPS ("setup proxy reload switch summary"), W (/tmp/windlass-proxybench),
+# SHAPES, SH_REPS (3), SH_DUR (6) and SH_PROXY (a windlass proxy table body, e.g.
+# "plain_path = false") for the traffic shapes of issue 11:
+#   STEPS="shapes_setup shapes shapes_summary" bash bench/proxy.sh    # ~15 min
 # WINDLASS (target/release/windlass), APP_JS (/work/shared/anchors/app.js).
 # Loopback only, ports 19300-19321. Writes only under $W (and the apt/npm installs).
 # The exit trap stops, by PID, every process this script started (windlass down, pm2 kill).
@@ -324,7 +327,140 @@ do_switch() {
   wl_down
 }
 
+# ---------------------------------------------------------------- 4. traffic shapes (issue 11)
+# One app (bench/shapes-app.js, which counts the connections it accepts) behind direct,
+# windlass, nginx 1 worker and nginx 2 workers; for each shape and repetition the four run
+# back to back in a rotating order (interleaved), so load from elsewhere hits them alike.
+P_SH_DIRECT=19330 P_SH_WL=19331 P_SH_NGX2=19332 P_SH_NGX1=19333 P_SH_WLB=19334
+# WINDLASS_B=/path/to/another/windlass adds it as a fifth target, `windlass_b` (an A/B of two
+# builds in one run).
+SHAPES=${SHAPES:-"json600 json16k close blob1m post64k post8m chunked http10 c5000"}
+SH_REPS=${SH_REPS:-3}
+SH_DUR=${SH_DUR:-6}
+shape() { # SHAPE -> S_PATH S_BODY S_HTTP10 S_HDR S_C
+  S_PATH="/json?size=600" S_BODY=0 S_HTTP10=0 S_HDR="" S_C=50
+  case $1 in
+    json600) ;;
+    json16k) S_PATH="/json?size=16384" ;;
+    close) S_HDR="Connection: close" ;;
+    blob1m) S_PATH="/blob?size=1048576" ;;
+    post64k) S_PATH="/upload" S_BODY=65536 ;;
+    post8m) S_PATH="/upload" S_BODY=8388608 S_C=16 ;;
+    chunked) S_PATH="/chunked" ;;
+    http10) S_HTTP10=1 ;;
+    c5000) S_C=5000 ;;
+    *) log "unknown shape $1"; return 1 ;;
+  esac
+}
+shapes_nginx_conf() { # dir port workers
+  mkdir -p "$1/tmp"
+  cat > "$1/nginx.conf" <<EOF
+worker_processes $3;
+worker_rlimit_nofile 20000;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  client_max_body_size 16m;
+  client_body_temp_path $1/tmp/body;
+  proxy_temp_path $1/tmp/proxy;
+  fastcgi_temp_path $1/tmp/fastcgi;
+  uwsgi_temp_path $1/tmp/uwsgi;
+  scgi_temp_path $1/tmp/scgi;
+  upstream app {
+    server 127.0.0.1:$P_SH_DIRECT;
+    keepalive 64;
+    keepalive_requests 100000;
+  }
+  server {
+    listen 127.0.0.1:$2 backlog=511;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+}
+conns_at() { curl -s --max-time 5 "http://127.0.0.1:$1/conns"; }
+do_shapes() {
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null
+  log "== 4. shapes: $SHAPES; $SH_REPS interleaved reps x ${SH_DUR}s; open files $(ulimit -n)"
+  local p rep t out sh
+  mkdir -p "$W/shapes/wl"
+  cp "$HERE/shapes-app.js" "$W/shapes/app.js"; cp "$HERE/shapes-app.js" "$W/shapes/wl/app.js"
+  cat > "$W/shapes/wl/windlass.toml" <<EOF
+[app.app]
+command = ["node", "app.js"]
+port = $P_SH_WL
+port_env = "PORT"
+EOF
+  [ -z "${SH_PROXY:-}" ] || echo "proxy = { $SH_PROXY }" >> "$W/shapes/wl/windlass.toml"
+  PORT=$P_SH_DIRECT node "$W/shapes/app.js" & p=$!; STARTED+=("$p"); local APP_PID=$p
+  shapes_nginx_conf "$W/shapes/nginx2" $P_SH_NGX2 2
+  nginx -p "$W/shapes/nginx2/" -c "$W/shapes/nginx2/nginx.conf" -e "$W/shapes/nginx2/error.log" -g 'daemon off;' & p=$!; STARTED+=("$p"); local NGX2_PID=$p
+  shapes_nginx_conf "$W/shapes/nginx1" $P_SH_NGX1 1
+  nginx -p "$W/shapes/nginx1/" -c "$W/shapes/nginx1/nginx.conf" -e "$W/shapes/nginx1/error.log" -g 'daemon off;' & p=$!; STARTED+=("$p"); local NGX1_PID=$p
+  rm -rf "$W/shapes/wl/.windlass"
+  (cd "$W/shapes/wl" && exec "$WINDLASS" up) >/dev/null 2>"$W/shapes/wl/up.err" & p=$!; STARTED+=("$p"); local WL_PID=$p
+  local -A PORTS=([direct]=$P_SH_DIRECT [windlass]=$P_SH_WL [nginx_2w]=$P_SH_NGX2 [nginx_1w]=$P_SH_NGX1)
+  local -A PROXY_PIDS=([direct]="" [windlass]="$WL_PID" [nginx_2w]="$NGX2_PID $(pgrep -P "$NGX2_PID" | tr '\n' ' ')" [nginx_1w]="$NGX1_PID $(pgrep -P "$NGX1_PID" | tr '\n' ' ')")
+  local order=(direct windlass nginx_1w nginx_2w) c0 c1 k0 k1 n i args wp WLB_PID=
+  if [ -n "${WINDLASS_B:-}" ]; then
+    mkdir -p "$W/shapes/wlb"; cp "$HERE/shapes-app.js" "$W/shapes/wlb/app.js"; rm -rf "$W/shapes/wlb/.windlass"
+    sed "s/port = $P_SH_WL/port = $P_SH_WLB/" "$W/shapes/wl/windlass.toml" > "$W/shapes/wlb/windlass.toml"
+    (cd "$W/shapes/wlb" && exec "$WINDLASS_B" up) >/dev/null 2>"$W/shapes/wlb/up.err" & p=$!; STARTED+=("$p"); WLB_PID=$p
+    PORTS[windlass_b]=$P_SH_WLB; PROXY_PIDS[windlass_b]=$WLB_PID; order+=(windlass_b)
+  fi
+  for t in "${order[@]}"; do wait_200 "${PORTS[$t]}" || { log "$t (port ${PORTS[$t]}) did not come up"; return 1; }; done
+  for t in "${order[@]}"; do warm "${PORTS[$t]}"; done
+  for ((rep = 1; rep <= SH_REPS; rep++)); do
+    rec shapes loadavg "$rep" load1 "$(load1)"
+    for sh in $SHAPES; do
+      shape "$sh" || continue
+      for ((i = 0; i < ${#order[@]}; i++)); do
+        t=${order[$(( (i + rep + ${#sh}) % ${#order[@]} ))]}
+        out=$RES/wrk-shape-$sh-$t-$rep.txt
+        args=(-t$WRK_T -c"$S_C" -d"${SH_DUR}s" --latency --timeout 10s -s "$HERE/shapes.lua")
+        [ -n "$S_HDR" ] && args+=(-H "$S_HDR")
+        # warmed with the same shape first, so the counts are those of a running proxy
+        # (windlass drops idle app connections after 4 s, the other targets' turns)
+        SHAPE_PATH=$S_PATH SHAPE_BODY=$S_BODY SHAPE_HTTP10=$S_HTTP10 \
+          wrk "${args[@]/-d${SH_DUR}s/-d2s}" "http://127.0.0.1:${PORTS[$t]}$S_PATH" > /dev/null 2>&1
+        c0=$(cpu_ticks ${PROXY_PIDS[$t]})
+        SHAPE_PATH=$S_PATH SHAPE_BODY=$S_BODY SHAPE_HTTP10=$S_HTTP10 \
+          wrk "${args[@]}" "http://127.0.0.1:${PORTS[$t]}$S_PATH" > "$out" 2>&1 & wp=$!; STARTED+=("$wp")
+        # the app's connection count sampled 1 s into the run and 1 s before its end: the
+        # steady state, not the reconnects after the requests the warm-up's end cut off
+        sleep 1; k0=$(conns_at "${PORTS[$t]}"); sleep $((SH_DUR - 2)); k1=$(conns_at "${PORTS[$t]}")
+        wait "$wp"; unstart "$wp"
+        c1=$(cpu_ticks ${PROXY_PIDS[$t]})
+        rec_wrk "shape_$sh" "$t" "$rep" "$out"
+        n=$(awk '/ requests in /{print $1}' "$out")
+        if [ "${n:-0}" -gt 0 ]; then
+          rec "shape_$sh" "$t" "$rep" proxy_cpu_us_per_req "$(( (c1 - c0) * 10000 / n ))"
+          # connections the app accepted between the samples (the two /conns requests may
+          # add one each), per 100 of wrk's requests in that time (its mean rate)
+          rec "shape_$sh" "$t" "$rep" upstream_conns_per_100 "$(awk -v a="$k0" -v b="$k1" -v n="$n" -v d="$SH_DUR" 'BEGIN { printf "%.3f", (b - a) * 100 / (n * (d - 2) / d) }')"
+        fi
+        # thousands of connections leave sockets closing: let them go first
+        [ "$S_C" -gt 100 ] && sleep 2
+      done
+    done
+  done
+  rec shapes windlass 0 rss_after_load_kb "$($PROBE rss "$WL_PID")"
+  (cd "$W/shapes/wl" && "$WINDLASS" down >/dev/null 2>&1); wait_gone "$WL_PID" 15; wait "$WL_PID" 2>/dev/null; unstart "$WL_PID"
+  if [ -n "$WLB_PID" ]; then
+    (cd "$W/shapes/wlb" && "$WINDLASS_B" down >/dev/null 2>&1); wait_gone "$WLB_PID" 15; wait "$WLB_PID" 2>/dev/null; unstart "$WLB_PID"
+  fi
+  for p in "$NGX1_PID" "$NGX2_PID" "$APP_PID"; do stop_pid "$p"; done
+}
+
 do_summary() { $PY "$HERE/proxyprobe.py" summary "$TSV"; }
+do_shapes_summary() { $PY "$HERE/shapes-summary.py" "$TSV"; }
 
 # ---------------------------------------------------------------- main
 mkdir -p "$W" "$RES"
@@ -333,7 +469,13 @@ for s in $STEPS; do
     setup) do_setup; : > "$TSV"; versions > "$RES/versions.txt"
            echo "started $(date -u +%FT%TZ); load average $(cut -d' ' -f1-3 /proc/loadavg); REPS=$REPS DUR=$DUR RELOADS=$RELOADS SPACING=$SPACING WL_DETACH=$WL_DETACH WINDLASS_PROXY_THREADS=${WINDLASS_PROXY_THREADS:-default}" > "$RES/meta.txt"
            cat "$RES/versions.txt" "$RES/meta.txt" >&2 ;;
-    proxy|reload|switch) "do_$s" ;;
+    proxy|reload|switch|shapes) "do_$s" ;;
+    shapes_setup) mkdir -p "$RES"; : > "$TSV"
+           [ -x "$WINDLASS" ] || { log "building windlass (release)"; (cd "$REPO" && cargo build --release -q); }
+           echo "windlass $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet -- src || echo '+dirty'); node $(node --version); $(nginx -v 2>&1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(nproc) cores, $(uname -r)" > "$RES/versions.txt"
+           echo "started $(date -u +%FT%TZ); load average $(cut -d' ' -f1-3 /proc/loadavg); SHAPES=$SHAPES SH_REPS=$SH_REPS SH_DUR=$SH_DUR SH_PROXY=${SH_PROXY:-} WINDLASS_B=${WINDLASS_B:-}" > "$RES/meta.txt"
+           cat "$RES/versions.txt" "$RES/meta.txt" >&2 ;;
+    shapes_summary) { cat "$RES/versions.txt" "$RES/meta.txt"; echo "finished $(date -u +%FT%TZ); load average $(cut -d' ' -f1-3 /proc/loadavg)"; echo; do_shapes_summary; }  | tee "$RES/shapes-summary.md" ;;
     summary) cat "$RES/versions.txt" "$RES/meta.txt" 2>/dev/null; echo "finished $(date -u +%FT%TZ); load average $(cut -d' ' -f1-3 /proc/loadavg)"; echo; do_summary | tee "$RES/summary.md" ;;
     *) echo "unknown step $s" >&2; exit 2 ;;
   esac

@@ -15,8 +15,10 @@ command -v chromium >/dev/null || need+=(chromium)              # the dashboard 
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v node >/dev/null || need+=(nodejs)    # the Node fixture
 command -v systemd-analyze >/dev/null || need+=(systemd)      # systemd-analyze verify on exported units
-command -v unshare >/dev/null || need+=(util-linux)          # windlass as PID 1 in a PID namespace
+command -v unshare >/dev/null || need+=(util-linux)          # windlass as PID 1 in a PID namespace; pack's launcher
 command -v pip3 >/dev/null || command -v pip >/dev/null || need+=(python3-pip)
+command -v skopeo >/dev/null || need+=(skopeo)  # `windlass pack --format oci/docker`: the archives are read by skopeo...
+command -v umoci >/dev/null || need+=(umoci)    # ...and unpacked by umoci
 # Common Lisp apps: SBCL and the Debian-packaged libraries the example and tests load.
 command -v sbcl >/dev/null || need+=(sbcl)
 for pkg in cl-hunchentoot cl-swank cl-bordeaux-threads; do

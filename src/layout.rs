@@ -3,7 +3,7 @@
 //!
 //! Everything lives in `.windlass/` beside the config (or in `$WINDLASS_DIR`): the project
 //! `lock`, `windlass.pid`, `control.sock`, the detached supervisor's `windlass.log`, `logs/`
-//! (`APP.log`, rotated `APP.log.1`...), `releases/`, the Lisp fasl `cache/` and the Lisp
+//! (`APP.log`, rotated `APP.log.1`...), `releases/`, `packs/`, the Lisp fasl `cache/` and the Lisp
 //! runtime file's `lisp/`. A leaf: it imports nothing from the crate, so every room can use it
 //! (the layering test in `lib.rs` checks this), and a new file is one edit here.
 
@@ -69,6 +69,11 @@ impl Layout {
     /// An app's persistent directories (`shared = [...]`), linked into each of its releases.
     pub fn shared_dir(&self, app: &str) -> PathBuf {
         self.dir.join("shared").join(app)
+    }
+
+    /// What `windlass pack` writes when not told where (never inside the next pack).
+    pub fn packs_dir(&self) -> PathBuf {
+        self.dir.join("packs")
     }
 
     /// The Lisp apps' fasl cache (their `XDG_CACHE_HOME`) unless the config sets one.

@@ -37,6 +37,7 @@ pub mod lisp;
 pub(crate) mod logs;
 pub(crate) mod metrics;
 pub(crate) mod notify;
+pub(crate) mod pack;
 pub(crate) mod ports;
 pub(crate) mod protocol;
 pub mod proxy;

@@ -796,6 +796,11 @@ fn link_shared(app: &AppConfig, tmp: &Path, rel: &str) -> Result<(), ReleaseErro
     std::os::unix::fs::symlink(&target, &link).map_err(io("create", &link))
 }
 
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A release's files, bytes and checksum.
 pub struct Sum {
     pub files: u64,
@@ -839,16 +844,25 @@ pub fn checksum(dir: &Path) -> Result<Sum, ReleaseError> {
         } else {
             let mut f = std::fs::File::open(&path).map_err(io("read", &path))?;
             let mut h = Sha256::new();
-            let n = std::io::copy(&mut f, &mut h).map_err(io("read", &path))?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n = 0u64;
+            loop {
+                let k = f.read(&mut buf).map_err(io("read", &path))?;
+                if k == 0 {
+                    break;
+                }
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
             files += 1;
             bytes += n;
-            total.update(format!("F {name}\0{:x}\n", h.finalize()));
+            total.update(format!("F {name}\0{}\n", hex(&h.finalize())));
         }
     }
     Ok(Sum {
         files,
         bytes,
-        hex: format!("sha256:{:x}", total.finalize()),
+        hex: format!("sha256:{}", hex(&total.finalize())),
     })
 }
 

@@ -49,6 +49,9 @@ _windlass() {
             windlass,man)
                 cmd="windlass__subcmd__man"
                 ;;
+            windlass,pack)
+                cmd="windlass__subcmd__pack"
+                ;;
             windlass,ps)
                 cmd="windlass__subcmd__status"
                 ;;
@@ -157,6 +160,9 @@ _windlass() {
             windlass__subcmd__help,man)
                 cmd="windlass__subcmd__help__subcmd__man"
                 ;;
+            windlass__subcmd__help,pack)
+                cmd="windlass__subcmd__help__subcmd__pack"
+                ;;
             windlass__subcmd__help,releases)
                 cmd="windlass__subcmd__help__subcmd__releases"
                 ;;
@@ -209,7 +215,7 @@ _windlass() {
 
     case "${cmd}" in
         windlass)
-            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases rollback git-remote repl attach export help"
+            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases rollback git-remote pack repl attach export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -637,7 +643,7 @@ _windlass() {
             return 0
             ;;
         windlass__subcmd__help)
-            opts="up down status logs start stop restart reload check top init completions man build releases rollback git-remote repl attach export help"
+            opts="up down status logs start stop restart reload check top init completions man build releases rollback git-remote pack repl attach export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -874,6 +880,20 @@ _windlass() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        windlass__subcmd__help__subcmd__pack)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         windlass__subcmd__help__subcmd__releases)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -1065,6 +1085,40 @@ _windlass() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__pack)
+            opts="-o -f -v -h -V --format --output --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "tar oci docker" -- "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

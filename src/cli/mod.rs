@@ -13,6 +13,7 @@ mod git_remote;
 mod init;
 mod logs;
 pub(crate) mod output;
+mod pack;
 mod releases;
 mod repl;
 mod status;
@@ -53,6 +54,7 @@ Examples:
   windlass build              build a release of each app
   windlass rollback web       switch app `web` back to its previous release
   windlass git-remote init    `git push` to .windlass/repo.git builds and runs the pushed code
+  windlass pack --format oci  the project as an OCI image (no daemon needed)
   windlass repl hello         a Lisp REPL into app `hello` over swank
   windlass attach hello       the app's console (its REPL); detach with Ctrl-]
   windlass export systemd     a systemd unit for the project (also: docker, k8s)";
@@ -87,6 +89,7 @@ pub enum Command {
     Releases(releases::Args),
     Rollback(ctl::RollbackArgs),
     GitRemote(git_remote::Args),
+    Pack(pack::Args),
     Repl(repl::Args),
     Attach(attach::Args),
     Export(export::Args),
@@ -294,6 +297,7 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Releases(a) => releases::run(a).await,
         Command::Rollback(a) => ctl::rollback(a).await,
         Command::GitRemote(a) => git_remote::run(a).await,
+        Command::Pack(a) => pack::run(a),
         Command::Repl(a) => repl::run(a).await,
         Command::Attach(a) => attach::run(a).await,
         Command::Export(a) => export::run(a),

@@ -113,7 +113,8 @@ pub struct AppConfig {
     /// For `reload = "in-place"` on non-Lisp apps: the signal that makes the app reload itself.
     pub reload_signal: Option<nix::sys::signal::Signal>,
     pub watch: Vec<String>,
-    pub proxy: ProxySettings,
+    /// The built-in proxy's settings (`proxy.*`, with `instances` filled in).
+    pub proxy: crate::proxy::ProxyConfig,
     pub console: bool,
     pub logs: LogsConfig,
     pub autostart: bool,
@@ -248,42 +249,6 @@ impl Default for HealthConfig {
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
             start_timeout: Duration::from_secs(60),
-        }
-    }
-}
-
-/// The built-in proxy's settings for one app.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxySettings {
-    /// How long a request waits for a ready instance before a 503.
-    pub hold: Duration,
-    pub connect_timeout: Duration,
-    /// Until the upstream's response headers arrive.
-    pub response_timeout: Duration,
-    /// A client connection with no request in flight is closed after this.
-    pub idle_timeout: Duration,
-    /// A client that has begun a request head must finish it within this (then 408).
-    pub header_timeout: Duration,
-    /// A request body that sends nothing for this long ends the exchange (then 408).
-    pub body_timeout: Duration,
-    /// Client connections open at once; `None`: derived from the open-files limit when
-    /// the supervisor starts ([`crate::limits::connection_budget`]).
-    pub max_connections: Option<usize>,
-    /// Clients whose forwarding headers are kept.
-    pub trusted_proxies: Vec<crate::proxy::IpRange>,
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        ProxySettings {
-            hold: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(60),
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(60),
-            max_connections: None,
-            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::{
     AdminConfig, AppConfig, BackoffConfig, Config, ConfigError, Diagnostic, HealthConfig,
-    LogsConfig, ProxySettings, ReloadStrategy, RestartPolicy, Source, StopConfig, envvars,
+    LogsConfig, ReloadStrategy, RestartPolicy, Source, StopConfig, envvars,
 };
 
 pub const DEFAULT_WEB_PORT: u16 = 5000;
@@ -96,7 +96,7 @@ pub fn parse(file: &Path, root: &Path, text: &str) -> Result<Config, ConfigError
             },
             reload_signal: None,
             watch: Vec::new(),
-            proxy: ProxySettings::default(),
+            proxy: crate::proxy::ProxyConfig::default(),
             console: false,
             logs: LogsConfig::default(),
             releases: super::ReleaseConfig {

@@ -127,6 +127,8 @@ pub struct RawProxy {
     pub max_connections: Option<Spanned<u64>>,
     /// IP addresses or CIDR ranges, checked (with their positions) by validation.
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    /// Serve plain requests on the raw-socket path (default true).
+    pub plain_path: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,8 +13,8 @@ use std::time::Duration;
 use super::raw::{RawApp, RawCommand, RawConfig, RawLogs, ReloadStrategy, RestartPolicy};
 use super::{
     AdminConfig, AppConfig, BackoffConfig, Config, ConfigError, Diagnostic, HealthConfig,
-    LispConfig, LogsConfig, ProxySettings, ReleaseSel, Source, StopConfig, did_you_mean, envfile,
-    envvars, valid_app_name, valid_env_name,
+    LispConfig, LogsConfig, ReleaseSel, Source, StopConfig, did_you_mean, envfile, envvars,
+    valid_app_name, valid_env_name,
 };
 use super::{KEEP_RELEASES, ReleaseConfig};
 use crate::layout::Layout;
@@ -360,49 +360,59 @@ fn resolve_app(
             w.get_ref().clone()
         }
     };
-    let pd = ProxySettings::default();
-    let proxy = match raw.proxy.clone() {
-        None => pd,
-        Some(p) => ProxySettings {
-            hold: p.hold.map_or(pd.hold, |x| x.0),
-            connect_timeout: p.connect_timeout.map_or(pd.connect_timeout, |x| x.0),
-            response_timeout: p.response_timeout.map_or(pd.response_timeout, |x| x.0),
-            idle_timeout: p.idle_timeout.map_or(pd.idle_timeout, |x| x.0),
-            header_timeout: p.header_timeout.map_or(pd.header_timeout, |x| x.0),
-            body_timeout: p.body_timeout.map_or(pd.body_timeout, |x| x.0),
-            max_connections: p.max_connections.as_ref().and_then(|m| {
-                let n = *m.get_ref();
-                match usize::try_from(n) {
-                    Ok(n) if (1..=MAX_CONNECTIONS_CAP).contains(&n) => Some(n),
-                    _ => {
-                        cx.error(
-                            Some(m.span()),
-                            format!(
-                                "`proxy.max_connections` must be between 1 and {MAX_CONNECTIONS_CAP}, not {n}"
-                            ),
-                            Some(
-                                "leave it out to derive it from the open-files limit (see docs/configuration.md)"
-                                    .into(),
-                            ),
-                        );
-                        None
-                    }
-                }
-            }),
-            trusted_proxies: p
-                .trusted_proxies
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|net| match net.get_ref().parse() {
-                    Ok(range) => Some(range),
-                    Err(e) => {
-                        cx.error(Some(net.span()), e, None);
-                        None
-                    }
-                })
-                .collect(),
-        },
+    // The proxy's own type, from its defaults: each setting written in the config
+    // replaces its default, and nothing else is copied.
+    let mut proxy = crate::proxy::ProxyConfig {
+        instances,
+        ..crate::proxy::ProxyConfig::default()
     };
+    if let Some(p) = raw.proxy.clone() {
+        let set = |slot: &mut Duration, v: Option<Duration>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set(&mut proxy.hold, p.hold.map(|x| x.0));
+        set(&mut proxy.connect_timeout, p.connect_timeout.map(|x| x.0));
+        set(&mut proxy.response_timeout, p.response_timeout.map(|x| x.0));
+        set(&mut proxy.idle_timeout, p.idle_timeout.map(|x| x.0));
+        set(&mut proxy.header_timeout, p.header_timeout.map(|x| x.0));
+        set(&mut proxy.body_timeout, p.body_timeout.map(|x| x.0));
+        if let Some(on) = p.plain_path {
+            proxy.plain_path = on;
+        }
+        proxy.max_connections = p.max_connections.as_ref().and_then(|m| {
+            let n = *m.get_ref();
+            match usize::try_from(n) {
+                Ok(n) if (1..=MAX_CONNECTIONS_CAP).contains(&n) => Some(n),
+                _ => {
+                    cx.error(
+                        Some(m.span()),
+                        format!(
+                            "`proxy.max_connections` must be between 1 and {MAX_CONNECTIONS_CAP}, not {n}"
+                        ),
+                        Some(
+                            "leave it out to derive it from the open-files limit (see docs/configuration.md)"
+                                .into(),
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        proxy.trusted_proxies = p
+            .trusted_proxies
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|net| match net.get_ref().parse() {
+                Ok(range) => Some(range),
+                Err(e) => {
+                    cx.error(Some(net.span()), e, None);
+                    None
+                }
+            })
+            .collect();
+    }
     if reload == ReloadStrategy::BlueGreen && port.is_none() && raw.reload.is_some() {
         cx.error(
             Some(span.clone()),
@@ -1068,6 +1078,47 @@ max_size = 1048576
         assert!(
             accepted > 100,
             "only {accepted} mutated documents were valid"
+        );
+    }
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use crate::proxy::ProxyConfig;
+    use std::time::Duration;
+
+    fn app_proxy(text: &str) -> ProxyConfig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("windlass.toml");
+        std::fs::write(&file, text).expect("write config");
+        let c = crate::config::load(&file).expect("valid config");
+        c.apps[0].proxy.clone()
+    }
+
+    /// The proxy's defaults are written once, in `ProxyConfig::default`: an app with no
+    /// `proxy` table gets exactly them (with its instance count), and a setting written
+    /// replaces only its own default.
+    #[test]
+    fn the_proxy_section_resolves_onto_the_proxys_own_defaults() {
+        let p = app_proxy("[app.web]\ncommand = \"x\"\nport = 8080\ninstances = 3\n");
+        assert_eq!(
+            p,
+            ProxyConfig {
+                instances: 3,
+                ..ProxyConfig::default()
+            }
+        );
+        let p = app_proxy(
+            "[app.web]\ncommand = \"x\"\nport = 8080\nproxy = { plain_path = false, hold = \"2s\", max_connections = 10 }\n",
+        );
+        assert_eq!(
+            p,
+            ProxyConfig {
+                plain_path: false,
+                hold: Duration::from_secs(2),
+                max_connections: Some(10),
+                ..ProxyConfig::default()
+            }
         );
     }
 }

@@ -8,6 +8,7 @@
 //! Series (labels `app`, plus `code`, `cause`, `result`):
 //! `windlass_proxy_requests_total{code="1xx".."5xx"}`, `windlass_proxy_request_duration_seconds`
 //! (histogram, request head received to response done), `windlass_proxy_requests_in_flight`,
+//! `windlass_proxy_errors_total{fault,cause}` (each failed request once),
 //! `windlass_proxy_upstream_errors_total{cause}`, `windlass_proxy_poison_requests_total`,
 //! `windlass_proxy_upgraded_connections`,
 //! `windlass_proxy_client_connections`, `windlass_proxy_max_connections`,
@@ -20,20 +21,11 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use super::family;
-use crate::proxy::{LATENCY_BUCKETS, UpstreamCause};
+use crate::proxy::{ErrorCause, LATENCY_BUCKETS, UpstreamCause};
 use crate::supervisor::Supervisor;
 
 /// The status code classes counted in `requests_total{code}`.
 const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// The `cause` label of each upstream error counter.
-const CAUSES: [(UpstreamCause, &str); 5] = [
-    (UpstreamCause::ConnectRefused, "connect_refused"),
-    (UpstreamCause::ConnectTimeout, "connect_timeout"),
-    (UpstreamCause::ResponseTimeout, "response_timeout"),
-    (UpstreamCause::Reset, "reset"),
-    (UpstreamCause::NoReadyBackend, "no_ready_instance"),
-];
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -53,6 +45,7 @@ impl Collector for ProxyCollector {
         let mut requests: Vec<(Labels, u64)> = Vec::new();
         let mut in_flight: Vec<(Labels, u64)> = Vec::new();
         let mut upstream: Vec<(Labels, u64)> = Vec::new();
+        let mut errors: Vec<(Labels, u64)> = Vec::new();
         let mut upgraded: Vec<(Labels, u64)> = Vec::new();
         let mut poison: Vec<(Labels, u64)> = Vec::new();
         let mut reloads: Vec<(Labels, u64)> = Vec::new();
@@ -72,10 +65,20 @@ impl Collector for ProxyCollector {
             in_flight.push((a(), m.in_flight as u64));
             upgraded.push((a(), m.upgraded_open as u64));
             poison.push((a(), m.poison_requests));
-            for (cause, label) in CAUSES {
+            for cause in UpstreamCause::ALL {
                 upstream.push((
-                    vec![("app", app.clone()), ("cause", label.to_owned())],
+                    vec![("app", app.clone()), ("cause", cause.label().to_owned())],
                     m.upstream_errors.get(cause),
+                ));
+            }
+            for cause in ErrorCause::ALL {
+                errors.push((
+                    vec![
+                        ("app", app.clone()),
+                        ("fault", cause.fault().label().to_owned()),
+                        ("cause", cause.label().to_owned()),
+                    ],
+                    m.errors.get(cause),
                 ));
             }
             let c = self.supervisor.counters(&app);
@@ -144,8 +147,15 @@ impl Collector for ProxyCollector {
         )?;
         family(
             &mut enc,
+            "windlass_proxy_errors",
+            "Failed requests, each counted once, by app, fault (upstream: the app; downstream: the client; internal: the proxy) and cause",
+            c,
+            &errors,
+        )?;
+        family(
+            &mut enc,
             "windlass_proxy_upstream_errors",
-            "Failed attempts to reach an app instance, by app and cause",
+            "Failed attempts to reach an app instance (retries included), by app and cause",
             c,
             &upstream,
         )?;

@@ -21,6 +21,8 @@ use crate::proxy::Shared;
 use crate::proxy::backend::InFlight;
 use crate::proxy::counters::UpstreamCause;
 use crate::proxy::deadline::{HeadMark, Stall};
+use crate::proxy::error::ErrorCause;
+use crate::proxy::policy::Counted;
 use crate::proxy::pool::Upstream;
 
 /// How the client's request body ended.
@@ -153,12 +155,10 @@ impl Body for RequestBody {
     }
 }
 
-/// Bookkeeping of one client request, settled when dropped.
+/// Bookkeeping of one client request, settled when dropped: the upstream connection
+/// back to the pool if the response ended, then the request counted ([`Counted`]).
 pub(crate) struct Completion {
-    shared: Arc<Shared>,
-    start: Instant,
-    status: u16,
-    ended: bool,
+    pub(crate) counted: Counted<Arc<Shared>>,
     upstream: Option<(InFlight, Option<Upstream>)>,
     /// The exchange's place on its client connection (hyper path): ends with this.
     pub(crate) mark: Option<HeadMark>,
@@ -166,33 +166,27 @@ pub(crate) struct Completion {
 
 impl Completion {
     pub(crate) fn start(shared: Arc<Shared>, start: Instant) -> Completion {
-        shared.metrics.request_started();
         Completion {
-            shared,
-            start,
-            status: 0,
-            ended: false,
+            counted: Counted::start(shared, start),
             upstream: None,
             mark: None,
         }
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+        self.counted.shared()
     }
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
         if let Some((guard, conn)) = self.upstream.take() {
-            if let (true, Some(conn)) = (self.ended, conn) {
+            if let (true, Some(conn)) = (self.counted.delivered, conn) {
                 guard.backend().pool.put(conn);
             }
             drop(guard);
         }
-        self.shared
-            .metrics
-            .request_finished(self.status, self.start.elapsed(), self.ended);
+        // `counted` is dropped next, counting the request.
     }
 }
 
@@ -229,9 +223,9 @@ impl ResponseBody {
         guard: InFlight,
         conn: Option<Upstream>,
     ) -> ResponseBody {
-        done.status = status;
+        done.counted.status = status;
         done.upstream = Some((guard, conn));
-        let stall = Stall::new(done.shared.cfg.response_timeout);
+        let stall = Stall::new(done.shared().cfg.response_timeout);
         ResponseBody {
             kind: Kind::Upstream(body),
             done,
@@ -241,9 +235,9 @@ impl ResponseBody {
 
     /// A body made by the proxy (error page, or the empty body of a `101`).
     pub(crate) fn full(bytes: Bytes, mut done: Completion, status: u16) -> ResponseBody {
-        done.status = status;
-        done.ended = true;
-        let stall = Stall::new(done.shared.cfg.response_timeout);
+        done.counted.status = status;
+        done.counted.delivered = true;
+        let stall = Stall::new(done.shared().cfg.response_timeout);
         ResponseBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
             done,
@@ -273,10 +267,11 @@ impl Body for ResponseBody {
                     if this.stall.poll_expired(cx).is_ready() {
                         let within = this.stall.within();
                         this.done
-                            .shared
+                            .shared()
                             .metrics
                             .upstream_error(UpstreamCause::ResponseTimeout);
-                        tracing::warn!(app = %this.done.shared.app, "the app stopped sending a response body for {}ms; closing the client connection", within.as_millis());
+                        this.done.counted.failed(ErrorCause::ResponseTimeout);
+                        tracing::warn!(app = %this.done.shared().app, "the app stopped sending a response body for {}ms; closing the client connection", within.as_millis());
                         if let Some((_, conn)) = this.done.upstream.as_mut() {
                             *conn = None;
                         }
@@ -287,14 +282,19 @@ impl Body for ResponseBody {
                 this.stall.progressed();
                 let frame = frame.map(|f| f.map_err(Self::Error::from));
                 match &frame {
-                    None => this.done.ended = true,
-                    Some(Ok(_)) => this.done.ended = body.is_end_stream(),
+                    None => this.done.counted.delivered = true,
+                    // A trailers frame is the last: hyper's server stops polling after it
+                    // (the connection was neither returned nor the request counted whole).
+                    Some(Ok(f)) => {
+                        this.done.counted.delivered = f.is_trailers() || body.is_end_stream()
+                    }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "upstream response body failed");
                         this.done
-                            .shared
+                            .shared()
                             .metrics
                             .upstream_error(UpstreamCause::Reset);
+                        this.done.counted.failed(ErrorCause::Reset);
                         // Never reuse a connection that failed mid-body.
                         if let Some((_, conn)) = this.done.upstream.as_mut() {
                             *conn = None;
@@ -325,7 +325,7 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         // hyper may stop polling once `is_end_stream` says so, without a final `None`.
         if matches!(&self.kind, Kind::Upstream(body) if body.is_end_stream()) {
-            self.done.ended = true;
+            self.done.counted.delivered = true;
         }
     }
 }

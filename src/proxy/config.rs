@@ -1,5 +1,8 @@
-//! The knobs of one app's proxy, with production defaults. The config room resolves
-//! `windlass.toml` into this; tests shorten the timeouts.
+//! The knobs of one app's proxy, with production defaults: the one source of each proxy
+//! setting. The config room parses `[app.NAME.proxy]` straight onto [`ProxyConfig::default`]
+//! (so a default is written here only), the supervisor hands the resolved value to
+//! [`AppProxy::new`](crate::proxy::AppProxy::new) as it is, and tests shorten the timeouts.
+//! A new setting is a field here, its `RawProxy` field and one line of validation.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -35,9 +38,10 @@ pub struct ProxyConfig {
     pub shutdown_timeout: Duration,
     /// Client connections open at once; at the cap the proxy stops accepting (the kernel
     /// keeps the next ones in the listen backlog) and closes the oldest connections that
-    /// have sent nothing yet to make room. Default: derived from the open-files limit
-    /// ([`crate::limits::connection_budget`] for one app).
-    pub max_connections: usize,
+    /// have sent nothing yet to make room. `None` (the default): derived from the
+    /// open-files limit when the proxy is made ([`crate::limits::connection_budget`]; the
+    /// supervisor fills in its share for each app).
+    pub max_connections: Option<usize>,
     /// Clients whose forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) are
     /// passed on rather than removed: the proxies in front of windlass (a TLS terminator,
     /// a load balancer). Empty by default: a client could claim anything.
@@ -47,9 +51,25 @@ pub struct ProxyConfig {
     /// two or more: with one, the only other is the restart of the instance it may have
     /// just killed (README, "When a request can fail").
     pub instances: u32,
+    /// Serve plain requests (a bodiless `GET`/`HEAD`/`OPTIONS`/`DELETE` on HTTP/1.1) on
+    /// the raw-socket path (default true); false sends every request through the hyper
+    /// path, e.g. to rule the plain path out when chasing a problem.
+    pub plain_path: bool,
 }
 
 impl ProxyConfig {
+    /// `max_connections`, or the share of the open-files limit of a lone app with one
+    /// instance when it is not set.
+    pub fn connection_cap(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            crate::limits::connection_budget(
+                crate::limits::current().map_or(1024, |(soft, _)| soft),
+                1,
+                1,
+            )
+        })
+    }
+
     /// Whether a client at `ip` is one of the trusted proxies.
     pub fn trusts(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|r| r.contains(ip))
@@ -126,13 +146,10 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(4),
             pool_max_idle: 256,
             shutdown_timeout: Duration::from_secs(10),
-            max_connections: crate::limits::connection_budget(
-                crate::limits::current().map_or(1024, |(soft, _)| soft),
-                1,
-                1,
-            ),
+            max_connections: None,
             trusted_proxies: Vec::new(),
             instances: 1,
+            plain_path: true,
         }
     }
 }

@@ -2,11 +2,14 @@
 //! [`MetricsSnapshot`]. There are no globals: each [`AppProxy`](crate::proxy::AppProxy)
 //! owns one [`Counters`] and `metrics/proxy_collector.rs` turns snapshots into Prometheus text
 //! (`windlass_proxy_requests_total{app,code}`, a duration histogram, an in-flight gauge,
-//! upstream errors by cause). Counters use `Relaxed` ordering: they are statistics, not
+//! failed requests by fault and cause, each counted once, and failed exchanges with
+//! instances by cause, retries included). Counters use `Relaxed` ordering: they are statistics, not
 //! synchronisation, and this keeps the hot path to a handful of uncontended increments.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
+
+use crate::proxy::error::ErrorCause;
 
 /// Upper bounds (seconds) of the latency histogram buckets; a last implicit `+Inf`
 /// bucket catches everything slower.
@@ -54,7 +57,7 @@ impl UpstreamCause {
             UpstreamCause::ConnectTimeout => "connect_timeout",
             UpstreamCause::ResponseTimeout => "response_timeout",
             UpstreamCause::Reset => "reset",
-            UpstreamCause::NoReadyBackend => "no_ready_backend",
+            UpstreamCause::NoReadyBackend => "no_ready_instance",
         }
     }
 
@@ -71,9 +74,7 @@ pub(crate) struct Counters {
     latency_sum_micros: AtomicU64,
     in_flight: AtomicUsize,
     upstream_errors: [AtomicU64; 5],
-    client_aborted: AtomicU64,
-    downstream_errors: AtomicU64,
-    internal_errors: AtomicU64,
+    errors: [AtomicU64; ErrorCause::ALL.len()],
     upgraded_open: AtomicUsize,
     upgrades_total: AtomicU64,
     poison_requests: AtomicU64,
@@ -86,15 +87,23 @@ impl Counters {
 
     /// Records the end of a request. `status == 0` means no response head was sent
     /// (the client went away first); `delivered` is false when the body did not reach
-    /// its end.
-    pub(crate) fn request_finished(&self, status: u16, elapsed: Duration, delivered: bool) {
+    /// its end. The request counts as failed once: under `error` if something failed,
+    /// else as [`ErrorCause::ClientGone`] if its response was not delivered.
+    pub(crate) fn request_finished(
+        &self,
+        status: u16,
+        elapsed: Duration,
+        delivered: bool,
+        error: Option<ErrorCause>,
+    ) {
         self.in_flight.fetch_sub(1, Relaxed);
-        if status == 0 {
-            self.client_aborted.fetch_add(1, Relaxed);
-            return;
+        match error {
+            Some(cause) => self.error(cause),
+            None if status == 0 || !delivered => self.error(ErrorCause::ClientGone),
+            None => {}
         }
-        if !delivered {
-            self.client_aborted.fetch_add(1, Relaxed);
+        if status == 0 {
+            return;
         }
         self.requests[class_index(status)].fetch_add(1, Relaxed);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
@@ -113,12 +122,10 @@ impl Counters {
         }
     }
 
-    pub(crate) fn downstream_error(&self) {
-        self.downstream_errors.fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn internal_error(&self) {
-        self.internal_errors.fetch_add(1, Relaxed);
+    /// Counts a failure that is not a request's (a head that never arrived); a request's
+    /// goes through [`request_finished`](Self::request_finished).
+    pub(crate) fn error(&self, cause: ErrorCause) {
+        self.errors[cause.index()].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn upgrade_opened(&self) {
@@ -154,9 +161,7 @@ impl Counters {
                 reset: errors[3],
                 no_ready_backend: errors[4],
             },
-            client_aborted: load(&self.client_aborted),
-            downstream_errors: load(&self.downstream_errors),
-            internal_errors: load(&self.internal_errors),
+            errors: ErrorCounts(std::array::from_fn(|i| load(&self.errors[i]))),
             upgraded_open: self.upgraded_open.load(Relaxed),
             upgrades_total: load(&self.upgrades_total),
             poison_requests: load(&self.poison_requests),
@@ -187,15 +192,11 @@ pub struct MetricsSnapshot {
     pub latency: LatencySnapshot,
     /// Requests being handled now (held, waiting for the upstream, or streaming a body).
     pub in_flight: usize,
-    /// Failures to get an answer from the app, by cause. Connect failures count once per
-    /// attempt, even when a retry on another instance then succeeded.
+    /// Failed exchanges with the app's instances, by cause: each attempt, even when a
+    /// retry on another instance then succeeded.
     pub upstream_errors: UpstreamErrors,
-    /// Requests the client abandoned before the response was fully delivered.
-    pub client_aborted: u64,
-    /// Requests that failed because of the client (e.g. its request body broke off).
-    pub downstream_errors: u64,
-    /// Requests that failed because of the proxy itself.
-    pub internal_errors: u64,
+    /// Failed requests, each counted once, by cause (and so by fault).
+    pub errors: ErrorCounts,
     /// Upgraded (WebSocket, ...) connections open now.
     pub upgraded_open: usize,
     /// Upgraded connections opened since start.
@@ -219,6 +220,22 @@ impl MetricsSnapshot {
     /// All responses sent.
     pub fn requests_total(&self) -> u64 {
         self.requests_by_class.iter().sum()
+    }
+}
+
+/// Failed requests, one counter per [`ErrorCause`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorCounts([u64; ErrorCause::ALL.len()]);
+
+impl ErrorCounts {
+    /// The requests that failed with `cause`.
+    pub fn get(&self, cause: ErrorCause) -> u64 {
+        self.0[cause.index()]
+    }
+
+    /// All failed requests (and heads that never arrived).
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
     }
 }
 
@@ -323,8 +340,13 @@ mod tests {
         m.request_started();
         m.request_started();
         m.request_started();
-        m.request_finished(200, Duration::from_micros(500), true);
-        m.request_finished(503, Duration::from_millis(40), true);
+        m.request_finished(200, Duration::from_micros(500), true, None);
+        m.request_finished(
+            503,
+            Duration::from_millis(40),
+            true,
+            Some(ErrorCause::NoReadyInstance),
+        );
         m.upstream_error(UpstreamCause::NoReadyBackend);
         let s = m.snapshot("web", Vec::new());
         assert_eq!(s.in_flight, 1);
@@ -337,7 +359,17 @@ mod tests {
         assert_eq!(cum[0], 1);
         assert_eq!(*cum.last().expect("non-empty"), 2);
         assert!((s.latency.sum_seconds - 0.0405).abs() < 1e-9);
-        m.request_finished(0, Duration::ZERO, false);
-        assert_eq!(m.snapshot("web", Vec::new()).client_aborted, 1);
+        assert_eq!(s.errors.get(ErrorCause::NoReadyInstance), 1);
+        m.request_finished(0, Duration::ZERO, false, None);
+        m.request_finished(200, Duration::ZERO, false, None);
+        m.request_finished(502, Duration::ZERO, false, Some(ErrorCause::Reset));
+        let s = m.snapshot("web", Vec::new());
+        assert_eq!(s.errors.get(ErrorCause::ClientGone), 2);
+        assert_eq!(
+            s.errors.get(ErrorCause::Reset),
+            1,
+            "counted once, by its cause"
+        );
+        assert_eq!(s.errors.total(), 4);
     }
 }

@@ -41,6 +41,95 @@ impl Fault {
     }
 }
 
+/// What went wrong with one request, the `cause` label of
+/// `windlass_proxy_errors_total{app,fault,cause}`; each belongs to one [`Fault`]. A request
+/// is counted under at most one cause, once ([`crate::proxy::policy::Counted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCause {
+    /// No instance became ready within `proxy.hold` (503).
+    NoReadyInstance,
+    /// The instance refused the connection (502).
+    ConnectRefused,
+    /// Connecting took longer than `proxy.connect_timeout` (504).
+    ConnectTimeout,
+    /// Connecting failed otherwise (502).
+    Connect,
+    /// No response head within `proxy.response_timeout`, or a longer pause in the body.
+    ResponseTimeout,
+    /// The connection broke: before a response (502, not sent again), or in the middle of
+    /// its body (the client's connection is closed).
+    Reset,
+    /// A response that could not be parsed, or an unasked-for protocol switch (502).
+    BadResponse,
+    /// The instance closed the connection after it may have read the request, and the
+    /// replay rule did not allow sending it again (502).
+    NotReplayed,
+    /// The client did not send its request head within `proxy.header_timeout` (408).
+    HeadTimeout,
+    /// The client paused its request body longer than `proxy.body_timeout` (408).
+    BodyTimeout,
+    /// The client's request body broke off.
+    BodyBroken,
+    /// The client went away (or stopped reading) before the response was delivered.
+    ClientGone,
+    /// The proxy itself failed (500).
+    Internal,
+}
+
+impl ErrorCause {
+    /// Every cause, in the order of the counters.
+    pub const ALL: [ErrorCause; 13] = [
+        ErrorCause::NoReadyInstance,
+        ErrorCause::ConnectRefused,
+        ErrorCause::ConnectTimeout,
+        ErrorCause::Connect,
+        ErrorCause::ResponseTimeout,
+        ErrorCause::Reset,
+        ErrorCause::BadResponse,
+        ErrorCause::NotReplayed,
+        ErrorCause::HeadTimeout,
+        ErrorCause::BodyTimeout,
+        ErrorCause::BodyBroken,
+        ErrorCause::ClientGone,
+        ErrorCause::Internal,
+    ];
+
+    /// Who is at fault.
+    pub fn fault(self) -> Fault {
+        match self {
+            ErrorCause::HeadTimeout
+            | ErrorCause::BodyTimeout
+            | ErrorCause::BodyBroken
+            | ErrorCause::ClientGone => Fault::Downstream,
+            ErrorCause::Internal => Fault::Internal,
+            _ => Fault::Upstream,
+        }
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorCause::NoReadyInstance => "no_ready_instance",
+            ErrorCause::ConnectRefused => "connect_refused",
+            ErrorCause::ConnectTimeout => "connect_timeout",
+            ErrorCause::Connect => "connect",
+            ErrorCause::ResponseTimeout => "response_timeout",
+            ErrorCause::Reset => "reset",
+            ErrorCause::BadResponse => "bad_response",
+            ErrorCause::NotReplayed => "not_replayed",
+            ErrorCause::HeadTimeout => "head_timeout",
+            ErrorCause::BodyTimeout => "body_timeout",
+            ErrorCause::BodyBroken => "body_broken",
+            ErrorCause::ClientGone => "client_gone",
+            ErrorCause::Internal => "internal",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Why a request could not be proxied.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -102,7 +191,7 @@ pub enum ProxyError {
 }
 
 /// Why a request an instance may have read before closing its connection was not sent to
-/// another instance (see [`crate::proxy::hold::Attempts::broke`]).
+/// another instance (see [`crate::proxy::policy::Attempts::broke`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotReplayed {
     /// Not idempotent (RFC 9110 §9.2.2): `POST` or `PATCH` may not be sent twice.
@@ -140,10 +229,26 @@ impl std::fmt::Display for NotReplayed {
 impl ProxyError {
     /// Who is at fault.
     pub fn fault(&self) -> Fault {
+        self.cause().fault()
+    }
+
+    /// What went wrong, as counted.
+    pub fn cause(&self) -> ErrorCause {
         match self {
-            ProxyError::Downstream { .. } | ProxyError::BodyTimeout { .. } => Fault::Downstream,
-            ProxyError::Internal { .. } => Fault::Internal,
-            _ => Fault::Upstream,
+            ProxyError::NoReadyBackend { .. } => ErrorCause::NoReadyInstance,
+            ProxyError::ConnectRefused { .. } => ErrorCause::ConnectRefused,
+            ProxyError::ConnectTimeout { .. } => ErrorCause::ConnectTimeout,
+            ProxyError::Connect { .. } => ErrorCause::Connect,
+            ProxyError::ResponseTimeout { .. } => ErrorCause::ResponseTimeout,
+            ProxyError::Upstream { source, .. } if source.is_parse() => ErrorCause::BadResponse,
+            ProxyError::Upstream { .. } | ProxyError::UpstreamIo { .. } => ErrorCause::Reset,
+            ProxyError::BadResponse { .. } | ProxyError::UnexpectedSwitch { .. } => {
+                ErrorCause::BadResponse
+            }
+            ProxyError::NotReplayed { .. } => ErrorCause::NotReplayed,
+            ProxyError::Downstream { .. } => ErrorCause::BodyBroken,
+            ProxyError::BodyTimeout { .. } => ErrorCause::BodyTimeout,
+            ProxyError::Internal { .. } => ErrorCause::Internal,
         }
     }
 
@@ -216,6 +321,10 @@ impl ProxyError {
                 "The app did not answer in time."
             }
             ProxyError::BadResponse { .. } | ProxyError::UnexpectedSwitch { .. } => {
+                "The app sent an invalid response."
+            }
+            // hyper's word for a response head it could not parse.
+            ProxyError::Upstream { source, .. } if source.is_parse() => {
                 "The app sent an invalid response."
             }
             ProxyError::ConnectRefused { .. }

@@ -9,7 +9,7 @@
 //! ([`Attempts::broke`]): only an idempotent request whose body (if any) is still at
 //! hand, only when its connection broke before any response (reset: again on any
 //! instance; closed: once, on another instance). So an idempotent request with a small
-//! body of known length ([`MAX_KEPT_BODY`], no `Expect: 100-continue`) is read whole
+//! body of known length ([`policy::MAX_KEPT_BODY`], no `Expect: 100-continue`) is read whole
 //! before it is sent (a stall is still cut off by `proxy.body_timeout`) and kept; any
 //! other body streams to the app as it arrives. The response timeout starts when the
 //! request body has been sent in full, so slow uploads are not cut off.
@@ -31,22 +31,15 @@ use crate::proxy::Shared;
 use crate::proxy::backend::{Backend, InFlight};
 use crate::proxy::body::{BodyEnd, Completion, RequestBody, ResponseBody};
 use crate::proxy::deadline::HeadMark;
-use crate::proxy::error::{self, Fault, ProxyError};
+use crate::proxy::error::ProxyError;
 use crate::proxy::headers;
-use crate::proxy::hold::{Attempts, Broke, Replay};
+use crate::proxy::policy::{self, Attempts, Broke, ErrorAnswer, Failed, Replay};
 use crate::proxy::pool::{self, Upstream};
 use crate::proxy::tunnel;
-
-/// The largest request body (by its `Content-Length`) of an idempotent request read whole
-/// and kept before sending, so that the request can be replayed; larger ones stream.
-pub(crate) const MAX_KEPT_BODY: u64 = 64 * 1024;
 
 /// How many times a request given back unsent is re-sent before giving up.
 const MAX_UNSENT_RETRIES: u32 = 3;
 
-const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
-const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
-const RETRY_AFTER: HeaderValue = HeaderValue::from_static("5");
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// Proxies one client request. Never fails: errors become proxy-made responses (the
@@ -78,23 +71,25 @@ async fn proxy(
     let keep = upgrade.is_none() && keeps_body(&parts, &body);
     let forwarded = headers::prepare_request(&mut parts, &client_ip, upgrade, trusted);
     // What an error page and its log line need; the request itself goes to the app.
-    let failed = |shared: &Shared,
-                  e: ProxyError,
-                  done: Completion,
+    let failed = |e: ProxyError,
+                  mut done: Completion,
                   method: &http::Method,
                   uri: &http::Uri,
                   id: Option<&HeaderValue>| {
-        let request_id = error::request_id(id.map(HeaderValue::as_bytes));
-        note_error(
-            shared,
+        let answer = policy::fail(
+            &mut done.counted,
             &e,
-            &request_id,
-            &request_line(method.as_str().as_bytes(), uri.path().as_bytes()),
+            &Failed {
+                request_id: id.map(HeaderValue::as_bytes),
+                method: method.as_str().as_bytes(),
+                target: uri.path().as_bytes(),
+                client_ip: client_ip.to_str().unwrap_or(""),
+                forwarded,
+                // hyper closes the connection of a client that asked to itself.
+                client_close: false,
+            },
         );
-        let detail = error::shows_detail(client_ip.to_str().unwrap_or(""), forwarded);
-        // A client whose body timed out is not read further: the connection closes.
-        let close = matches!(e, ProxyError::BodyTimeout { .. });
-        error_response(done, e, &request_id, detail, close)
+        error_response(done, answer)
     };
     let method = parts.method.clone();
     let uri = parts.uri.clone();
@@ -115,7 +110,7 @@ async fn proxy(
                         what: "reading a request body to keep failed",
                     },
                 };
-                return failed(&shared, e, done, &method, &uri, request_id.as_ref());
+                return failed(e, done, &method, &uri, request_id.as_ref());
             }
         }
     }
@@ -127,7 +122,7 @@ async fn proxy(
         conn,
     } = match exchange(&shared, req, body_end, start, client_upgrade.is_some()).await {
         Ok(x) => x,
-        Err(e) => return failed(&shared, e, done, &method, &uri, request_id.as_ref()),
+        Err(e) => return failed(e, done, &method, &uri, request_id.as_ref()),
     };
 
     let status = response.status();
@@ -159,7 +154,7 @@ async fn proxy(
             shared
                 .metrics
                 .upstream_error(crate::proxy::UpstreamCause::Reset);
-            failed(&shared, e, done, &method, &uri, request_id.as_ref())
+            failed(e, done, &method, &uri, request_id.as_ref())
         }
         (_, client_upgrade) => {
             let (mut parts, body) = response.into_parts();
@@ -268,19 +263,16 @@ async fn exchange(
     }
 }
 
-/// Whether a request's body is read whole and kept before sending, so the request may be
-/// replayed: an idempotent method (the replay rule's), a body whose length is known and at
-/// most [`MAX_KEPT_BODY`], and no `Expect: 100-continue` (the client waits for the app's
-/// word before sending it; reading it early would answer for the app).
+/// Whether a request's body is read whole and kept before sending ([`policy::keeps_body`]).
 fn keeps_body(parts: &http::request::Parts, body: &Incoming) -> bool {
     use hyper::body::Body;
-    if body.is_end_stream() || Replay::of(&parts.method, false) != Replay::Allowed {
-        return false;
-    }
-    if parts.headers.contains_key(header::EXPECT) {
-        return false;
-    }
-    body.size_hint().exact().is_some_and(|n| n <= MAX_KEPT_BODY)
+    policy::keeps_body(
+        &parts.method,
+        parts.headers.contains_key(header::EXPECT),
+        (!body.is_end_stream())
+            .then(|| body.size_hint().exact())
+            .flatten(),
+    )
 }
 
 /// How an exchange that failed with `e` broke, if it broke before any response: reset or
@@ -386,82 +378,16 @@ async fn send(
     }
 }
 
-/// Logs a failed request and counts it by fault (upstream causes are counted where
-/// they happen); one the app or the proxy caused also goes to the app's log with its
-/// request id and the detail (`request`: the method and path, without the query, which
-/// may hold secrets).
-pub(crate) fn note_error(shared: &Shared, e: &ProxyError, request_id: &str, request: &str) {
-    match e.fault() {
-        Fault::Upstream => {
-            tracing::warn!(app = %shared.app, error = %e, source = ?std::error::Error::source(&e), request_id, "proxy error")
-        }
-        Fault::Downstream => {
-            shared.metrics.downstream_error();
-            tracing::debug!(app = %shared.app, error = %e, request_id, "client error");
-            return;
-        }
-        Fault::Internal => {
-            shared.metrics.internal_error();
-            tracing::error!(app = %shared.app, error = %e, request_id, "internal proxy error");
-        }
-    }
-    let Some(notes) = shared.notes.get() else {
-        return;
-    };
-    let Some(skipped) = shared.note_budget.take() else {
-        return;
-    };
-    let status = e.status();
-    let mut line = format!(
-        "proxy: {} {} for {request} (request id {request_id}): {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Error"),
-        e.detail(&shared.app)
-    );
-    if skipped > 0 {
-        line.push_str(&format!(
-            " ({skipped} failed request(s) before this one not logged: too many at once)"
-        ));
-    }
-    notes(&line);
-}
-
-/// `METHOD /path` of a request for the log: the query left out, at most 200 bytes.
-pub(crate) fn request_line(method: &[u8], target: &[u8]) -> String {
-    let path = target.split(|&b| b == b'?').next().unwrap_or(b"");
-    let path = &path[..path.len().min(200)];
-    format!(
-        "{} {}",
-        String::from_utf8_lossy(method),
-        String::from_utf8_lossy(path)
-    )
-}
-
-/// A proxy-made error response: the public page, with the detail for a local client
-/// (`detail`), and the request id in `X-Request-Id`.
-fn error_response(
-    done: Completion,
-    e: ProxyError,
-    request_id: &str,
-    detail: bool,
-    close: bool,
-) -> Response<ResponseBody> {
-    let shared = Arc::clone(done.shared());
-    let status = e.status();
-    let page = Bytes::from(e.page(&shared.app, request_id, detail));
-    let mut response = Response::new(ResponseBody::full(page, done, status.as_u16()));
-    *response.status_mut() = status;
+/// A proxy-made error response: the policy's page and headers.
+fn error_response(done: Completion, answer: ErrorAnswer) -> Response<ResponseBody> {
+    let page = Bytes::from(answer.page.clone());
+    let mut response = Response::new(ResponseBody::full(page, done, answer.status.as_u16()));
+    *response.status_mut() = answer.status;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, TEXT_PLAIN);
-    h.insert(header::CACHE_CONTROL, NO_STORE);
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        h.insert(X_REQUEST_ID, id);
-    }
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        h.insert(header::RETRY_AFTER, RETRY_AFTER);
-    }
-    if close {
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    for (name, value) in answer.headers() {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            h.insert(header::HeaderName::from_static(name), value);
+        }
     }
     response
 }

@@ -20,21 +20,10 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Uri, Version};
 
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+use crate::proxy::policy;
+
 const HTTP: HeaderValue = HeaderValue::from_static("http");
 const UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
-
-/// The fixed hop-by-hop headers (besides those named by `Connection`).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// Comma-separated tokens of every value of `name`, trimmed.
 fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
@@ -54,9 +43,9 @@ pub(crate) fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .then(|| upgrade.clone())
 }
 
-/// True for the fixed hop-by-hop names.
+/// True for the fixed hop-by-hop names ([`policy::HOP_BY_HOP`]).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
+    policy::is_hop_by_hop(name.as_str().as_bytes())
 }
 
 /// Removes hop-by-hop headers, including the ones `Connection` names. One pass over the
@@ -536,7 +525,7 @@ mod tests {
             raw.push_str("\r\n");
             let mut out = Vec::new();
             let parsed =
-                crate::proxy::fast::parse_for_test(raw.as_bytes(), "192.0.2.7", trusted, &mut out);
+                crate::proxy::plain::parse_for_test(raw.as_bytes(), "192.0.2.7", trusted, &mut out);
             assert!(parsed, "{raw:?}");
             let out = String::from_utf8(out).expect("utf8");
             let lines: Vec<(String, String)> = out
@@ -674,7 +663,7 @@ mod tests {
             }
             for (n, _) in &headers {
                 let hop = n == "connection"
-                    || HOP_BY_HOP.iter().any(|h| h.as_str() == n)
+                    || policy::HOP_BY_HOP.contains(&n.as_str())
                     || named.contains(&n.as_str());
                 assert_eq!(
                     p.headers.contains_key(n.as_str()),

@@ -9,7 +9,9 @@
 //! Files, one concept each (kamal-proxy style): `router` (instance set and snapshot),
 //! `balancer` (the pick rule), `backend` (one instance and its counters), `pool`
 //! (upstream connections), `hold` (waiting for a ready instance), `deadline` (cheap
-//! timeouts), `fast` (the plain-request path), `forward` (every other request),
+//! timeouts), `policy` (the one request policy both codecs call: replay rule, error
+//! answers, metrics, hop-by-hop headers), `plain` (the plain-request codec on raw
+//! sockets), `forward` (every other request, through hyper),
 //! `headers`, `body`, `tunnel` (upgrades), `drain`, `server` (accept loop), `limit`
 //! (the cap on open client connections), `workers` (the proxy's own threads), `metrics`,
 //! `error`, `config`.
@@ -22,11 +24,13 @@ mod counters;
 mod deadline;
 mod drain;
 mod error;
-mod fast;
+
 mod forward;
 mod headers;
 mod hold;
 mod limit;
+mod plain;
+mod policy;
 mod pool;
 mod router;
 mod server;
@@ -43,11 +47,12 @@ use tokio::net::TcpListener;
 pub use crate::proxy::backend::BackendId;
 pub use crate::proxy::config::{IpRange, ProxyConfig};
 pub use crate::proxy::counters::{
-    BackendStatus, LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, UpstreamCause, UpstreamErrors,
+    BackendStatus, ErrorCounts, LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, UpstreamCause,
+    UpstreamErrors,
 };
 pub(crate) use crate::proxy::deadline::instant_after;
 pub use crate::proxy::drain::DrainReport;
-pub use crate::proxy::error::{Fault, NotReplayed, ProxyError};
+pub use crate::proxy::error::{ErrorCause, Fault, NotReplayed, ProxyError};
 pub use crate::proxy::limit::ConnectionStats;
 pub use crate::proxy::workers::Workers;
 
@@ -67,7 +72,7 @@ pub(crate) struct Shared {
     /// The open client connections and their cap (`max_connections`).
     pub(crate) limit: Arc<Limit>,
     /// The app-wide part of the replay rule (one replay at a time, the poison pause).
-    pub(crate) replays: crate::proxy::hold::ReplayGuard,
+    pub(crate) replays: crate::proxy::policy::ReplayGuard,
 }
 
 /// Writes one line into the app's log (stream `windlass`).
@@ -91,7 +96,7 @@ impl AppProxy {
     /// A proxy for `app` with no instance yet (requests are held until one is ready).
     pub fn new(app: &str, cfg: ProxyConfig) -> AppProxy {
         let router = Router::new(cfg.pool_max_idle, cfg.pool_idle_timeout);
-        let limit = Arc::new(Limit::new(cfg.max_connections));
+        let limit = Arc::new(Limit::new(cfg.connection_cap()));
         AppProxy {
             shared: Arc::new(Shared {
                 app: app.into(),
@@ -101,7 +106,7 @@ impl AppProxy {
                 notes: std::sync::OnceLock::new(),
                 note_budget: crate::proxy::error::NoteBudget::new(),
                 limit,
-                replays: crate::proxy::hold::ReplayGuard::new(),
+                replays: crate::proxy::policy::ReplayGuard::new(),
             }),
         }
     }

@@ -36,9 +36,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::proxy::Shared;
 use crate::proxy::deadline::{HeadClock, Heads, Stall};
+use crate::proxy::error::ErrorCause;
 use crate::proxy::limit::Slot;
 use crate::proxy::workers::Workers;
-use crate::proxy::{fast, forward};
+use crate::proxy::{forward, plain};
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin (nginx pauses
 /// 500 ms, Go's net/http 5 ms to 1 s); the connection waits in the listen backlog.
@@ -58,6 +59,8 @@ pub(crate) async fn serve(
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
+        // The app's `Date` goes through as it came, and none is added: as the plain path.
+        .auto_date_header(false)
         .header_read_timeout(shared.cfg.idle_timeout);
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a clone; `recv` returns None once all are gone.
@@ -76,7 +79,7 @@ pub(crate) async fn serve(
                 if let Some(held) = at_cap_log.ready() {
                     tracing::warn!(
                         app = %shared.app,
-                        max_connections = shared.cfg.max_connections,
+                        max_connections = shared.limit.stats().max,
                         held,
                         "client connections at proxy.max_connections, all busy; new ones wait in the listen backlog"
                     );
@@ -233,13 +236,18 @@ impl Connection {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let ip = client_ip.to_str().unwrap_or("unknown");
         let trusted = shared.cfg.trusts(peer.ip());
-        let head_since =
-            match fast::serve(&shared, ip, trusted, &mut stream, &mut buf, &mut stop).await {
-                fast::Served::Closed => return,
-                fast::Served::Fallback { head_since } => head_since,
-            };
+        let head_since = if shared.cfg.plain_path {
+            match plain::serve(&shared, ip, trusted, &mut stream, &mut buf, &mut stop).await {
+                plain::Served::Closed => return,
+                plain::Served::Fallback { head_since } => head_since,
+            }
+        } else {
+            None
+        };
         let heads = Arc::new(Heads::default());
         let stream = Prefixed {
+            shared: Arc::clone(&shared),
+            timed_out: false,
             prefix: buf,
             inner: stream,
             stall: Stall::new(shared.cfg.idle_timeout),
@@ -271,6 +279,9 @@ impl Connection {
 /// such a client cannot hold the connection, the app's connection and a drain for ever.
 /// A head the client does not finish within `header_timeout` gets a 408 ([`HeadClock`]).
 struct Prefixed {
+    shared: Arc<Shared>,
+    /// The head timeout was counted.
+    timed_out: bool,
     prefix: BytesMut,
     inner: TcpStream,
     stall: Stall,
@@ -317,9 +328,12 @@ impl AsyncRead for Prefixed {
         let before = out.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, out);
         if this.head.expired(&r, out.filled().len() > before, cx) {
+            if !std::mem::replace(&mut this.timed_out, true) {
+                this.shared.metrics.error(ErrorCause::HeadTimeout);
+            }
             if !this.head.write_blocked {
                 // Best effort and without waiting: a client this slow may not read.
-                let _ = this.inner.try_write(fast::HEAD_TIMEOUT_PAGE);
+                let _ = this.inner.try_write(plain::HEAD_TIMEOUT_PAGE);
             }
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,

@@ -889,16 +889,8 @@ fn connection_budget(config: &Config) -> usize {
 /// client connections.
 fn proxy_config(app: &AppConfig, budget: usize) -> ProxyConfig {
     ProxyConfig {
-        max_connections: app.proxy.max_connections.unwrap_or(budget),
-        hold: app.proxy.hold,
-        connect_timeout: app.proxy.connect_timeout,
-        response_timeout: app.proxy.response_timeout,
-        idle_timeout: app.proxy.idle_timeout,
-        header_timeout: app.proxy.header_timeout,
-        body_timeout: app.proxy.body_timeout,
-        trusted_proxies: app.proxy.trusted_proxies.clone(),
-        instances: app.instances,
-        ..ProxyConfig::default()
+        max_connections: Some(app.proxy.max_connections.unwrap_or(budget)),
+        ..app.proxy.clone()
     }
 }
 

@@ -11,11 +11,11 @@ use std::time::Duration;
 use crate::helper::*;
 
 /// A cold compile takes 16-60 s on 2 busy cores; warm starts take a few seconds.
-const LISP_DEADLINE: Duration = Duration::from_secs(240);
+pub const LISP_DEADLINE: Duration = Duration::from_secs(240);
 
 /// A project holding a copy of examples/hello-lisp and a config for it (the admin listener
 /// on a free port unless `extra` has an `[admin]` table, so parallel tests never share 9180).
-fn hello_lisp(port: u16, extra: &str) -> Project {
+pub fn hello_lisp(port: u16, extra: &str) -> Project {
     let admin = if extra.contains("[admin]") {
         ""
     } else {

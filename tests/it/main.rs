@@ -21,6 +21,7 @@ mod logs;
 mod notify;
 mod observe;
 mod output;
+mod pack;
 mod proxy;
 mod reaper;
 mod releases;

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
 
 use windlass::health;
-use windlass::proxy::{AppProxy, BackendId, ProxyConfig, UpstreamCause};
+use windlass::proxy::{AppProxy, BackendId, ErrorCause, ProxyConfig, UpstreamCause};
 
 // ---------------------------------------------------------------- helpers
 
@@ -230,7 +230,7 @@ async fn route(
 
 /// A proxy for app "web" serving on 127.0.0.1:0 until the test ends.
 async fn start_proxy(cfg: ProxyConfig) -> (AppProxy, SocketAddr) {
-    let proxy = AppProxy::new("web", cfg);
+    let proxy = AppProxy::new("web", on_path(cfg));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let addr = listener.local_addr().expect("proxy addr");
     let p = proxy.clone();
@@ -292,9 +292,109 @@ async fn get_once(addr: SocketAddr, path: &str) -> (StatusCode, String) {
     get(&mut client(addr).await, path).await
 }
 
+// ---------------------------------------------------------------- the two paths
+
+tokio::task_local! {
+    /// Which request path the scenario being run takes (`proxy.plain_path`).
+    static PLAIN: bool;
+}
+
+/// `cfg` with `plain_path` set for the scenario being run; only a scenario (listed in
+/// [`scenarios!`]) starts a proxy, so each runs on both paths.
+/// Whether the scenario being run takes the plain path.
+fn on_plain_path() -> bool {
+    PLAIN.get()
+}
+
+fn on_path(cfg: ProxyConfig) -> ProxyConfig {
+    let plain_path = PLAIN
+        .try_with(|p| *p)
+        .expect("a proxy test is a scenario: list it in `scenarios!`");
+    ProxyConfig { plain_path, ..cfg }
+}
+
+/// The table of proxy scenarios: each runs twice, as `NAME::plain_path` (plain requests
+/// on the raw-socket path, the default) and `NAME::full_path` (`proxy.plain_path = false`:
+/// every request through hyper), so the two codecs are held to one behaviour.
+macro_rules! scenarios {
+    (current: [$($c:ident),* $(,)?], multi: [$($m:ident),* $(,)?] $(,)?) => {
+        $(mod $c {
+            #[tokio::test]
+            async fn plain_path() {
+                super::PLAIN.scope(true, super::$c()).await
+            }
+            #[tokio::test]
+            async fn full_path() {
+                super::PLAIN.scope(false, super::$c()).await
+            }
+        })*
+        $(mod $m {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn plain_path() {
+                super::PLAIN.scope(true, super::$m()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn full_path() {
+                super::PLAIN.scope(false, super::$m()).await
+            }
+        })*
+    };
+}
+
+scenarios! {
+    current: [
+        basic_get_reuses_one_upstream_connection,
+        forwards_x_forwarded_headers_and_strips_hop_by_hop,
+        drain_waits_for_a_slow_in_flight_request,
+        websocket_style_upgrade_echoes_through_the_proxy,
+        drain_deadline_closes_a_lingering_upgraded_connection,
+        held_request_succeeds_once_a_backend_becomes_ready,
+        the_longest_hold_does_not_overflow,
+        the_longest_drain_does_not_overflow,
+        hold_timeout_answers_503_with_a_clear_page,
+        refused_connection_is_retried_on_another_backend,
+        refused_connection_waits_within_the_hold_for_a_ready_backend,
+        metrics_count_classes_and_classify_upstream_errors,
+        shutdown_stops_accepting_and_returns,
+        upstream_connection_close_is_not_reused,
+        unready_backend_gets_no_new_requests,
+        least_outstanding_sends_new_requests_around_a_busy_backend,
+        idle_client_connection_is_closed_after_the_idle_timeout,
+        garbage_requests_get_an_error_not_a_crash,
+        pooled_connection_closed_by_the_app_is_not_used,
+        plain_path_passes_chunked_length_and_empty_bodies_on_one_upstream_connection,
+        plain_path_head_responses_have_no_body_and_pipelined_requests_keep_their_order,
+        plain_path_body_ended_by_the_app_closing_ends_the_client_connection,
+        plain_path_sends_a_reset_request_again_but_not_one_a_single_instance_read,
+        plain_path_rejects_a_malformed_response_with_a_502_page,
+        a_connection_moves_to_the_full_path_at_its_first_request_with_a_body,
+        plain_path_head_deadline_is_not_extended_by_trickling_bytes,
+        only_trusted_proxies_pass_on_their_forwarded_proto_and_host,
+        an_app_that_stops_sending_its_body_is_cut_off_after_the_response_timeout,
+        a_client_that_stops_reading_does_not_hold_the_instance,
+        untrusted_clients_cannot_spoof_forwarding_headers_on_either_path,
+        an_error_answer_to_head_has_no_body_and_the_connection_stays_usable,
+        a_head_that_never_ends_gets_a_408_on_the_plain_path,
+        a_head_that_never_ends_gets_a_408_on_the_full_path,
+        a_stalled_request_body_gets_a_408_and_lets_go_of_the_app_and_the_drain,
+        a_request_the_app_read_before_dying_is_sent_once_to_the_other_instance,
+        a_request_whose_replay_also_dies_is_a_poison_502_and_not_sent_a_third_time,
+        a_put_with_a_small_body_the_app_read_before_dying_is_sent_with_it_to_the_other_instance,
+        a_put_with_a_body_over_64_kib_the_app_read_before_dying_is_not_sent_again,
+        a_small_put_body_read_to_be_kept_still_gets_a_408_when_it_stalls,
+        a_post_whose_instance_died_after_reading_it_is_not_sent_again,
+        no_request_is_smuggled_past_the_proxy,
+        a_client_connection_close_does_not_close_the_upstream_connection,
+        every_failure_is_counted_once_by_fault_and_cause,
+    ],
+    multi: [
+        switch_under_concurrent_load_fails_no_request,
+        large_streaming_upload_and_download_do_not_buffer,
+    ],
+}
+
 // ---------------------------------------------------------------- tests
 
-#[tokio::test]
 async fn basic_get_reuses_one_upstream_connection() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(quick_cfg()).await;
@@ -314,7 +414,6 @@ async fn basic_get_reuses_one_upstream_connection() {
     assert_eq!(m.backends[0].idle_connections, 1);
 }
 
-#[tokio::test]
 async fn forwards_x_forwarded_headers_and_strips_hop_by_hop() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(quick_cfg()).await;
@@ -362,7 +461,6 @@ async fn forwards_x_forwarded_headers_and_strips_hop_by_hop() {
     assert_eq!(headers["x-resp-kept"], "1");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switch_under_concurrent_load_fails_no_request() {
     const CLIENTS: usize = 8;
     const REQUESTS: usize = 150;
@@ -443,7 +541,6 @@ async fn switch_under_concurrent_load_fails_no_request() {
     assert_eq!(m.requests_of_class(5), 0);
 }
 
-#[tokio::test]
 async fn drain_waits_for_a_slow_in_flight_request() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
@@ -509,7 +606,6 @@ async fn echo(s: &mut TcpStream, msg: &[u8]) {
     assert_eq!(buf, msg);
 }
 
-#[tokio::test]
 async fn websocket_style_upgrade_echoes_through_the_proxy() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(quick_cfg()).await;
@@ -526,7 +622,6 @@ async fn websocket_style_upgrade_echoes_through_the_proxy() {
     assert_eq!(m.backends[0].upgraded, 0);
 }
 
-#[tokio::test]
 async fn drain_deadline_closes_a_lingering_upgraded_connection() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(quick_cfg()).await;
@@ -546,7 +641,6 @@ async fn drain_deadline_closes_a_lingering_upgraded_connection() {
     assert_eq!(n, 0, "tunnel still open after the drain deadline");
 }
 
-#[tokio::test]
 async fn held_request_succeeds_once_a_backend_becomes_ready() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(quick_cfg()).await;
@@ -560,7 +654,6 @@ async fn held_request_succeeds_once_a_backend_becomes_ready() {
 
 /// The library takes any `Duration` (validation caps the config's): the longest hold
 /// saturates instead of overflowing the deadline.
-#[tokio::test]
 async fn the_longest_hold_does_not_overflow() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(ProxyConfig {
@@ -575,7 +668,6 @@ async fn the_longest_hold_does_not_overflow() {
     assert_eq!(held.await.expect("task"), (StatusCode::OK, "a".into()));
 }
 
-#[tokio::test]
 async fn the_longest_drain_does_not_overflow() {
     let up = Upstream::start("a").await;
     let (proxy, _addr) = start_proxy(quick_cfg()).await;
@@ -586,7 +678,6 @@ async fn the_longest_drain_does_not_overflow() {
     assert!(!report.timed_out, "{report:?}");
 }
 
-#[tokio::test]
 async fn hold_timeout_answers_503_with_a_clear_page() {
     let (proxy, addr) = start_proxy(ProxyConfig {
         hold: Duration::from_millis(100),
@@ -609,7 +700,6 @@ async fn refusing_addr() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
-#[tokio::test]
 async fn refused_connection_is_retried_on_another_backend() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(quick_cfg()).await;
@@ -629,7 +719,6 @@ async fn refused_connection_is_retried_on_another_backend() {
     assert_eq!(m.requests_of_class(2), 10);
 }
 
-#[tokio::test]
 async fn refused_connection_waits_within_the_hold_for_a_ready_backend() {
     let (proxy, addr) = start_proxy(quick_cfg()).await;
     let dead = proxy.add_backend(refusing_addr().await);
@@ -654,7 +743,6 @@ async fn refused_connection_waits_within_the_hold_for_a_ready_backend() {
     assert_eq!((status, body.as_str()), (StatusCode::OK, "10"));
 }
 
-#[tokio::test]
 async fn metrics_count_classes_and_classify_upstream_errors() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(ProxyConfig {
@@ -704,7 +792,6 @@ fn memory_kib() -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_streaming_upload_and_download_do_not_buffer() {
     const SIZE: u64 = 512 * 1024 * 1024;
     let up = Upstream::start("a").await;
@@ -749,10 +836,9 @@ async fn large_streaming_upload_and_download_do_not_buffer() {
     );
 }
 
-#[tokio::test]
 async fn shutdown_stops_accepting_and_returns() {
     let up = Upstream::start("a").await;
-    let proxy = AppProxy::new("web", quick_cfg());
+    let proxy = AppProxy::new("web", on_path(quick_cfg()));
     add_ready(&proxy, &up);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -774,7 +860,6 @@ async fn shutdown_stops_accepting_and_returns() {
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
 }
 
-#[tokio::test]
 async fn upstream_connection_close_is_not_reused() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(quick_cfg()).await;
@@ -787,7 +872,6 @@ async fn upstream_connection_close_is_not_reused() {
     assert_eq!(proxy.metrics().upstream_errors, Default::default());
 }
 
-#[tokio::test]
 async fn unready_backend_gets_no_new_requests() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
@@ -802,7 +886,6 @@ async fn unready_backend_gets_no_new_requests() {
     assert_eq!(a.stats.started.load(SeqCst), 0);
 }
 
-#[tokio::test]
 async fn least_outstanding_sends_new_requests_around_a_busy_backend() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
@@ -828,7 +911,6 @@ async fn least_outstanding_sends_new_requests_around_a_busy_backend() {
     assert_eq!(slow.await.expect("task").0, StatusCode::OK);
 }
 
-#[tokio::test]
 async fn idle_client_connection_is_closed_after_the_idle_timeout() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(ProxyConfig {
@@ -863,7 +945,6 @@ async fn idle_client_connection_is_closed_after_the_idle_timeout() {
     }
 }
 
-#[tokio::test]
 async fn garbage_requests_get_an_error_not_a_crash() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(quick_cfg()).await;
@@ -919,7 +1000,6 @@ async fn one_shot_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
-#[tokio::test]
 async fn pooled_connection_closed_by_the_app_is_not_used() {
     let (up, accepted) = one_shot_upstream().await;
     let (proxy, addr) = start_proxy(quick_cfg()).await;
@@ -1022,7 +1102,6 @@ async fn request(
     send(tx, req).await
 }
 
-#[tokio::test]
 async fn plain_path_passes_chunked_length_and_empty_bodies_on_one_upstream_connection() {
     let (up, stats) = scripted_upstream(vec![vec![
         Act::Reply(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nWiki\r\n6;ext=1\r\npedia!\r\n0\r\nx-trailer: 1\r\n\r\n"),
@@ -1052,7 +1131,6 @@ async fn plain_path_passes_chunked_length_and_empty_bodies_on_one_upstream_conne
     assert_eq!(proxy.metrics().upstream_errors, Default::default());
 }
 
-#[tokio::test]
 async fn plain_path_head_responses_have_no_body_and_pipelined_requests_keep_their_order() {
     let (up, stats) = scripted_upstream(vec![vec![
         Act::Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
@@ -1088,7 +1166,6 @@ async fn plain_path_head_responses_have_no_body_and_pipelined_requests_keep_thei
     assert_eq!(stats.accepted.load(SeqCst), 1);
 }
 
-#[tokio::test]
 async fn plain_path_body_ended_by_the_app_closing_ends_the_client_connection() {
     let (up, stats) = scripted_upstream(vec![
         vec![Act::ReplyAndClose(
@@ -1100,19 +1177,28 @@ async fn plain_path_body_ended_by_the_app_closing_ends_the_client_connection() {
     ])
     .await;
     let (_proxy, addr) = proxy_to(up).await;
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let mut got = Vec::new();
-    tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
-        .await
-        .expect("closed after a close-delimited body")
-        .expect("read");
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nuntil the end"
-    );
+    if on_plain_path() {
+        // The plain path relays the bytes as they come, so it can end such a body for the
+        // client only the way the app did: by closing.
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+            .await
+            .expect("closed after a close-delimited body")
+            .expect("read");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nuntil the end"
+        );
+    } else {
+        // hyper re-frames it (chunked), and the client's connection carries on.
+        let mut tx = client(addr).await;
+        let (status, _, body) = request(&mut tx, "GET", "/").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "until the end"));
+    }
     assert_eq!(get_once(addr, "/").await, (StatusCode::OK, "next".into()));
     assert_eq!(
         stats.accepted.load(SeqCst),
@@ -1121,7 +1207,6 @@ async fn plain_path_body_ended_by_the_app_closing_ends_the_client_connection() {
     );
 }
 
-#[tokio::test]
 async fn plain_path_sends_a_reset_request_again_but_not_one_a_single_instance_read() {
     // Reset before reading: sent again on a fresh connection, the client sees nothing.
     let (up, stats) = scripted_upstream(vec![
@@ -1150,7 +1235,6 @@ async fn plain_path_sends_a_reset_request_again_but_not_one_a_single_instance_re
     assert_eq!(proxy.metrics().poison_requests, 0);
 }
 
-#[tokio::test]
 async fn plain_path_rejects_a_malformed_response_with_a_502_page() {
     let (up, _stats) = scripted_upstream(vec![vec![Act::Reply(
         b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nzz",
@@ -1160,12 +1244,14 @@ async fn plain_path_rejects_a_malformed_response_with_a_502_page() {
     let mut tx = client(addr).await;
     let (status, headers, body) = request(&mut tx, "GET", "/").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
-    assert!(body.contains("conflicting Content-Length"), "{body}");
+    assert!(body.contains("The app sent an invalid response."), "{body}");
+    // The detail names the fault in each codec's words ("conflicting Content-Length
+    // headers", hyper's "invalid content-length parsed").
+    assert!(body.to_lowercase().contains("content-length"), "{body}");
     assert!(body.contains("windlass logs web"), "{body}");
     assert_eq!(headers["cache-control"], "no-store");
 }
 
-#[tokio::test]
 async fn a_connection_moves_to_the_full_path_at_its_first_request_with_a_body() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(quick_cfg()).await;
@@ -1184,7 +1270,6 @@ async fn a_connection_moves_to_the_full_path_at_its_first_request_with_a_body() 
     }
 }
 
-#[tokio::test]
 async fn plain_path_head_deadline_is_not_extended_by_trickling_bytes() {
     let (_proxy, addr) = start_proxy(ProxyConfig {
         header_timeout: Duration::from_millis(300),
@@ -1212,7 +1297,6 @@ async fn plain_path_head_deadline_is_not_extended_by_trickling_bytes() {
         .expect("the proxy closes a head that never ends");
 }
 
-#[tokio::test]
 async fn only_trusted_proxies_pass_on_their_forwarded_proto_and_host() {
     let up = Upstream::start("a").await;
     for trusted in [false, true] {
@@ -1269,7 +1353,6 @@ async fn only_trusted_proxies_pass_on_their_forwarded_proto_and_host() {
     }
 }
 
-#[tokio::test]
 async fn an_app_that_stops_sending_its_body_is_cut_off_after_the_response_timeout() {
     // The same partial response for a plain GET (raw path) and a POST (hyper path).
     const PARTIAL: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
@@ -1301,7 +1384,6 @@ async fn an_app_that_stops_sending_its_body_is_cut_off_after_the_response_timeou
     }
 }
 
-#[tokio::test]
 async fn a_client_that_stops_reading_does_not_hold_the_instance() {
     // A plain GET (raw path), then a POST (hyper path), each for 1 GiB that the client
     // never reads: the socket buffers fill and the proxy's writes stall.
@@ -1362,7 +1444,6 @@ const SPOOFED: [(&str, &str); 19] = [
     ("x-remote-addr", "203.0.113.66"),
 ];
 
-#[tokio::test]
 async fn untrusted_clients_cannot_spoof_forwarding_headers_on_either_path() {
     let up = Upstream::start("a").await;
     for trusted in [false, true] {
@@ -1489,7 +1570,6 @@ async fn read_response(
     (head, body)
 }
 
-#[tokio::test]
 async fn an_error_answer_to_head_has_no_body_and_the_connection_stays_usable() {
     // No instance: each request is held, then answered by the proxy's 503 page.
     let (_proxy, addr) = start_proxy(ProxyConfig {
@@ -1556,7 +1636,6 @@ fn slow_head_cfg() -> ProxyConfig {
     }
 }
 
-#[tokio::test]
 async fn a_head_that_never_ends_gets_a_408_on_the_plain_path() {
     let (_proxy, addr) = start_proxy(slow_head_cfg()).await;
     let s = TcpStream::connect(addr).await.expect("connect");
@@ -1568,7 +1647,6 @@ async fn a_head_that_never_ends_gets_a_408_on_the_plain_path() {
     assert!(got.contains("connection: close\r\n"), "{got:?}");
 }
 
-#[tokio::test]
 async fn a_head_that_never_ends_gets_a_408_on_the_full_path() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(slow_head_cfg()).await;
@@ -1632,7 +1710,6 @@ async fn body_waiting_upstream() -> (SocketAddr, Arc<Stats>, oneshot::Receiver<(
     (addr, stats, eof_rx)
 }
 
-#[tokio::test]
 async fn a_stalled_request_body_gets_a_408_and_lets_go_of_the_app_and_the_drain() {
     let (up, stats, upstream_eof) = body_waiting_upstream().await;
     // Long enough for the drain below to start while the request is still in flight.
@@ -2059,7 +2136,6 @@ async fn proxy_to_pair(addrs: [SocketAddr; 2]) -> (AppProxy, SocketAddr) {
 /// `GET` takes the plain path, a bodiless `PUT` the full one: both follow the same rule.
 const BOTH_PATHS: [&str; 2] = ["GET", "PUT"];
 
-#[tokio::test]
 async fn a_request_the_app_read_before_dying_is_sent_once_to_the_other_instance() {
     for method in BOTH_PATHS {
         let (ups, read) = dying_pair(1).await;
@@ -2075,7 +2151,6 @@ async fn a_request_the_app_read_before_dying_is_sent_once_to_the_other_instance(
     }
 }
 
-#[tokio::test]
 async fn a_request_whose_replay_also_dies_is_a_poison_502_and_not_sent_a_third_time() {
     for method in BOTH_PATHS {
         let (ups, read) = dying_pair(usize::MAX).await;
@@ -2120,7 +2195,6 @@ fn put_with_body(len: usize) -> (Request<ClientBody>, Vec<u8>) {
     (req, body)
 }
 
-#[tokio::test]
 async fn a_put_with_a_small_body_the_app_read_before_dying_is_sent_with_it_to_the_other_instance() {
     let (ups, read, bodies) = dying_pair_bodies(1).await;
     let (proxy, addr) = proxy_to_pair(ups).await;
@@ -2139,7 +2213,6 @@ async fn a_put_with_a_small_body_the_app_read_before_dying_is_sent_with_it_to_th
     assert_eq!(proxy.metrics().poison_requests, 0);
 }
 
-#[tokio::test]
 async fn a_put_with_a_body_over_64_kib_the_app_read_before_dying_is_not_sent_again() {
     let (ups, read) = dying_pair(1).await;
     let (proxy, addr) = proxy_to_pair(ups).await;
@@ -2155,7 +2228,6 @@ async fn a_put_with_a_body_over_64_kib_the_app_read_before_dying_is_not_sent_aga
     assert_eq!(proxy.metrics().poison_requests, 0);
 }
 
-#[tokio::test]
 async fn a_small_put_body_read_to_be_kept_still_gets_a_408_when_it_stalls() {
     let (ups, read) = dying_pair(0).await;
     let (proxy, addr) = start_proxy(ProxyConfig {
@@ -2185,7 +2257,6 @@ async fn a_small_put_body_read_to_be_kept_still_gets_a_408_when_it_stalls() {
     assert_eq!(proxy.metrics().in_flight, 0);
 }
 
-#[tokio::test]
 async fn a_post_whose_instance_died_after_reading_it_is_not_sent_again() {
     let (ups, read) = dying_pair(1).await;
     let (proxy, addr) = proxy_to_pair(ups).await;
@@ -2310,7 +2381,6 @@ async fn recording_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Recorded>>) {
 /// after a plain GET (so that both request paths see them): the app never receives a
 /// request with two framings or a request the client got no answer for, and nothing
 /// panics.
-#[tokio::test]
 async fn no_request_is_smuggled_past_the_proxy() {
     const ATTACKS: [&[u8]; 16] = [
         b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -2389,7 +2459,6 @@ async fn one_request_then_closed(addr: SocketAddr, raw: &[u8]) -> String {
 /// connection only: the upstream request is keep-alive, and its connection goes back to
 /// the pool, on both request paths (nginx's upstream keep-alive; the app counted one new
 /// connection per request before).
-#[tokio::test]
 async fn a_client_connection_close_does_not_close_the_upstream_connection() {
     let up = Upstream::start("a").await;
     let (proxy, addr) = start_proxy(quick_cfg()).await;
@@ -2482,11 +2551,243 @@ async fn a_client_connection_close_does_not_close_the_upstream_connection() {
         assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
         assert!(headers.get("connection").is_none(), "{headers:?}");
     }
-    // The first request on each path took a pooled connection; the app closed each one.
+    // The first request on each path's pool took a pooled connection (with the plain path
+    // off, the GETs share the full path's pool); the app closed each one.
+    let pools = if on_plain_path() { 2 } else { 1 };
     assert_eq!(
         accepted() - before,
-        4,
+        6 - pools,
         "closed upstream connections were reused"
     );
     assert_eq!(proxy.metrics().upstream_errors, Default::default());
+}
+
+// ------------------------------------------------- errors by fault (issue 11, point 5)
+
+/// Waits until `proxy` has no request in flight and counted a failure, then checks that
+/// exactly one was counted, under `cause`.
+async fn counted_once_as(proxy: &AppProxy, cause: ErrorCause) {
+    wait_until("the failure counted and the request ended", || {
+        let m = proxy.metrics();
+        m.in_flight == 0 && m.errors.total() > 0
+    })
+    .await;
+    let errors = proxy.metrics().errors;
+    assert_eq!(
+        (errors.get(cause), errors.total()),
+        (1, 1),
+        "{cause:?}: {errors:?}"
+    );
+}
+
+/// Each way a request fails, provoked for real (a missing, refusing, silent, lying or
+/// breaking app; a slow, stalling, vanishing client) is counted once, under its cause and
+/// so its fault, however many attempts it took.
+async fn every_failure_is_counted_once_by_fault_and_cause() {
+    let short = |cfg: ProxyConfig| ProxyConfig {
+        hold: Duration::from_millis(300),
+        ..cfg
+    };
+
+    // Upstream: no instance ready within the hold.
+    let (proxy, addr) = start_proxy(short(quick_cfg())).await;
+    assert_eq!(get_once(addr, "/").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    counted_once_as(&proxy, ErrorCause::NoReadyInstance).await;
+
+    // Upstream: refused, retried within the hold: many attempts, one failed request.
+    let (proxy, addr) = start_proxy(short(quick_cfg())).await;
+    let id = proxy.add_backend(refusing_addr().await);
+    assert!(proxy.set_ready(id, true));
+    assert_eq!(get_once(addr, "/").await.0, StatusCode::BAD_GATEWAY);
+    counted_once_as(&proxy, ErrorCause::ConnectRefused).await;
+    assert!(proxy.metrics().upstream_errors.connect_refused >= 2);
+
+    // Upstream: no response head within the response timeout.
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(ProxyConfig {
+        response_timeout: Duration::from_millis(200),
+        ..quick_cfg()
+    })
+    .await;
+    add_ready(&proxy, &up);
+    assert_eq!(
+        get_once(addr, "/never").await.0,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    counted_once_as(&proxy, ErrorCause::ResponseTimeout).await;
+
+    // Upstream: a response head that cannot be parsed.
+    let (up, _) = scripted_upstream(vec![vec![Act::Reply(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nzz",
+    )]])
+    .await;
+    let (proxy, addr) = proxy_to(up).await;
+    assert_eq!(get_once(addr, "/").await.0, StatusCode::BAD_GATEWAY);
+    counted_once_as(&proxy, ErrorCause::BadResponse).await;
+
+    // Upstream: the body breaks off after the head reached the client (the client sees
+    // its connection close; not also counted as the client's going away).
+    let (up, _) = scripted_upstream(vec![vec![Act::ReplyAndClose(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+    )]])
+    .await;
+    let (proxy, addr) = proxy_to(up).await;
+    let got = one_request_then_closed(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    // The plain path has sent the head on; hyper may not have flushed it yet.
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK\r\n") || (got.is_empty() && !on_plain_path()),
+        "{got:?}"
+    );
+    counted_once_as(&proxy, ErrorCause::Reset).await;
+
+    // Downstream: a head that never ends.
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(slow_head_cfg()).await;
+    add_ready(&proxy, &up);
+    let s = TcpStream::connect(addr).await.expect("connect");
+    let got = trickle(s, b"GET / HTTP/1.1\r\nX-Slow: 1\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got:?}");
+    wait_until("the head timeout counted", || {
+        proxy.metrics().errors.total() > 0
+    })
+    .await;
+    let errors = proxy.metrics().errors;
+    assert_eq!(
+        (errors.get(ErrorCause::HeadTimeout), errors.total()),
+        (1, 1),
+        "{errors:?}"
+    );
+
+    // Downstream: a request body that stops arriving.
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(ProxyConfig {
+        body_timeout: Duration::from_millis(200),
+        ..quick_cfg()
+    })
+    .await;
+    add_ready(&proxy, &up);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+        .await
+        .expect("closed after the 408")
+        .expect("read");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got:?}");
+    counted_once_as(&proxy, ErrorCause::BodyTimeout).await;
+
+    // Downstream: the client goes away in the middle of its request body.
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    wait_until("the upload reached the app", || {
+        up.stats.started.load(SeqCst) == 1
+    })
+    .await;
+    drop(s);
+    counted_once_as(&proxy, ErrorCause::BodyBroken).await;
+
+    // Downstream: the client leaves after the response head of a large body.
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /download/200000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.expect("the response head");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    drop(s);
+    counted_once_as(&proxy, ErrorCause::ClientGone).await;
+    // The requests that failed are the only ones counted as failed: a good one is not.
+    let up = Upstream::start("a").await;
+    let (proxy, addr) = start_proxy(quick_cfg()).await;
+    add_ready(&proxy, &up);
+    assert_eq!(get_once(addr, "/").await.0, StatusCode::OK);
+    wait_until("in-flight back to 0", || proxy.metrics().in_flight == 0).await;
+    assert_eq!(proxy.metrics().errors.total(), 0);
+}
+
+/// `/metrics` has `windlass_proxy_errors_total{app,fault,cause}`, every cause at 0 from the
+/// start, failed requests counted once each on both paths (a GET on the plain path, a POST
+/// on the full one; the resets of the GET's retries are attempts, not requests), and
+/// promtool accepts the exposition.
+#[test]
+fn metrics_count_each_failed_request_once_by_fault_and_cause() {
+    use crate::helper;
+    use std::io::Write;
+    let (port, admin) = (helper::free_port(), helper::free_port());
+    let p = helper::Project::new(&format!(
+        "[app.web]\ncommand = [\"python3\", \"app.py\"]\nport = {port}\n\
+         health = {{ path = \"/health\" }}\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
+    ));
+    p.write("app.py", RESETTING_APP);
+    let _sup = p.up(&[]);
+    helper::wait_for("the app behind the proxy", helper::DEADLINE, || {
+        helper::http_get(port, "/health")
+            .ok()
+            .filter(|(c, _)| *c == 200)
+    });
+    let series = |cause: ErrorCause| {
+        format!(
+            "windlass_proxy_errors_total{{app=\"web\",fault=\"{}\",cause=\"{}\"}}",
+            cause.fault().label(),
+            cause.label()
+        )
+    };
+    let before = helper::scrape(admin);
+    for cause in ErrorCause::ALL {
+        assert_eq!(
+            helper::sample(&before, &series(cause)),
+            Some(0.0),
+            "{before}"
+        );
+    }
+    for method in ["GET", "POST"] {
+        let (status, _) = helper::http_request(port, method, "/boom", &[]).expect("request");
+        assert_eq!(status, 502);
+    }
+    let text = helper::wait_for("two resets counted", helper::DEADLINE, || {
+        let text = helper::scrape(admin);
+        (helper::sample(&text, &series(ErrorCause::Reset)) == Some(2.0)).then_some(text)
+    });
+    for cause in ErrorCause::ALL
+        .into_iter()
+        .filter(|c| *c != ErrorCause::Reset)
+    {
+        assert_eq!(helper::sample(&text, &series(cause)), Some(0.0), "{text}");
+    }
+    let attempts = helper::sample(
+        &text,
+        "windlass_proxy_upstream_errors_total{app=\"web\",cause=\"reset\"}",
+    );
+    assert!(attempts.is_some_and(|n| n > 2.0), "{text}");
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let o = promtool.wait_with_output().expect("promtool");
+    assert!(
+        o.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
