@@ -8,6 +8,7 @@ mod build;
 mod check;
 mod completions;
 pub(crate) mod ctl;
+mod deploy;
 mod export;
 mod init;
 mod logs;
@@ -52,7 +53,8 @@ Examples:
   windlass build              build a release of each Common Lisp app
   windlass repl hello         a Lisp REPL into app `hello` over swank
   windlass attach hello       the app's console (its REPL); detach with Ctrl-]
-  windlass export systemd     a systemd unit for the project (also: docker, k8s)";
+  windlass export systemd     a systemd unit for the project (also: docker, k8s)
+  windlass deploy             ship the releases to the hosts of [deploy] over ssh";
 
 /// Run, supervise, hot-reload, monitor and deploy web apps.
 #[derive(Debug, Parser)]
@@ -85,6 +87,7 @@ pub enum Command {
     Repl(repl::Args),
     Attach(attach::Args),
     Export(export::Args),
+    Deploy(deploy::Args),
 }
 
 /// An error on its way to the terminal: message, hint, exit code.
@@ -290,6 +293,7 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Repl(a) => repl::run(a).await,
         Command::Attach(a) => attach::run(a).await,
         Command::Export(a) => export::run(a),
+        Command::Deploy(a) => deploy::run(a).await,
     }
 }
 
