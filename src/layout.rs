@@ -66,6 +66,11 @@ impl Layout {
         self.dir.join("releases")
     }
 
+    /// An app's persistent directories (`shared = [...]`), linked into each of its releases.
+    pub fn shared_dir(&self, app: &str) -> PathBuf {
+        self.dir.join("shared").join(app)
+    }
+
     /// The Lisp apps' fasl cache (their `XDG_CACHE_HOME`) unless the config sets one.
     pub fn cache_dir(&self) -> PathBuf {
         self.dir.join("cache")

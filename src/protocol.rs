@@ -84,9 +84,29 @@ pub struct InstanceStatus {
     pub next_start_in_secs: Option<f64>,
     /// A human explanation of the state (spawn error, crash loop...).
     pub message: Option<String>,
+    /// The release the instance's process runs (`windlass releases`), when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
     /// Lisp apps with swank, in `GET /v1/apps/{app}` only: the image's heap, GC and threads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lisp: Option<LispMetrics>,
+}
+
+/// `POST /v1/apps/{app}/rollback[/{release}]`: what `windlass rollback --json` prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackResult {
+    pub ok: bool,
+    pub app: String,
+    /// The release the app ran before (none when it ran from source).
+    pub from: Option<String>,
+    /// The release it runs now (on failure: the one it tried).
+    pub to: Option<String>,
+    /// Per instance, what the reload did (or the error).
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<AppStatus>,
 }
 
 /// A Lisp image's memory, GC and threads, read through swank: in `GET /v1/apps/{app}` and

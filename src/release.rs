@@ -1,28 +1,52 @@
-//! Immutable releases: `windlass build` turns an app into `.windlass/releases/<id>/` (an
-//! executable, its assets and a `release.json` manifest), `windlass releases` lists them, and
-//! `release = "latest" | "<id>"` in the config runs one instead of the sources.
+//! Immutable releases for every app: `windlass build` turns an app into
+//! `.windlass/releases/<id>/` with a `release.json` manifest, `windlass releases` lists them,
+//! `release = "latest" | "<id>"` in the config runs one instead of the sources, and
+//! `windlass rollback` switches the running app to another one.
+//!
+//! Two kinds share one model. A Common Lisp app (without `build = [...]`) becomes one
+//! executable plus its assets (`kind = "lisp-executable"`). Every other app becomes a copy of
+//! its files (`kind = "files"`): the tracked files of the git revision `HEAD` (or, outside
+//! git, the directory minus `.windlass/`, `.git/` and what `.gitignore` excludes), then its
+//! `build` commands run inside that copy (`cargo build --release`, `npm ci`... when not set),
+//! so the build's outputs are part of the release. The app then runs with the release as its
+//! working directory. `shared = ["uploads"]` paths are relative symlinks to
+//! `.windlass/shared/<app>/uploads`, so a release directory copied into another host's
+//! releases directory works as is.
 //!
 //! A release id is the UTC build time, `20261124T031500Z`, with `-2`, `-3`... appended when
 //! that second is taken. A release is built in a hidden temporary directory and renamed into
-//! place once its manifest is written, so a directory with a visible id is always complete.
-//! `"latest"` is resolved at every start of an instance, so a new build is picked up by the
-//! next restart or reload without touching the config. After each build only the newest
-//! `keep_releases` (default 5) releases of the app are kept; a release pinned by the config
-//! is never removed.
+//! place once its manifest is written, so a directory with a visible id is always complete;
+//! a failed build removes it and touches nothing that runs. `"latest"` is resolved at every
+//! start of an instance. `windlass rollback` writes the chosen id to `<app>.current` in the
+//! releases directory (atomically), which wins over the config's `release` from then on,
+//! across supervisor restarts. After each build only the newest `keep_releases` (default 5)
+//! releases of the app are kept; the one pinned by the config or by rollback, and any that a
+//! process runs, are never removed.
 
 use std::borrow::Cow;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::config::{AppConfig, LispConfig, ReleaseSel, valid_release_id};
+use crate::config::{AppConfig, ReleaseSel, envvars, valid_release_id};
 use crate::lisp::executable::{self, BuildError, BuildSpec};
 
 /// The manifest's file name inside a release directory.
 pub const MANIFEST: &str = "release.json";
 /// Version of the manifest format (fields may be added, never removed or retyped).
 pub const MANIFEST_VERSION: u32 = 1;
+/// `kind` of a Common Lisp app's release: one executable and its assets.
+pub const KIND_LISP: &str = "lisp-executable";
+/// `kind` of every other release: the app's files plus its build's outputs.
+pub const KIND_FILES: &str = "files";
+
+fn kind_lisp() -> String {
+    KIND_LISP.to_owned()
+}
 
 /// `release.json`: what a release is, for `windlass releases` and for starting it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,19 +58,43 @@ pub struct Manifest {
     pub created: String,
     /// Unix seconds.
     pub created_unix: f64,
-    /// The executable's file name, inside the release directory.
+    /// [`KIND_LISP`] or [`KIND_FILES`] (manifests without it are Lisp executables).
+    #[serde(default = "kind_lisp")]
+    pub kind: String,
+    /// Lisp: the executable's file name, inside the release directory ("" otherwise).
+    #[serde(default)]
     pub exe: String,
-    /// Its size in bytes.
+    /// Bytes: the executable (Lisp) or every file of the release.
+    #[serde(default)]
     pub size: u64,
     /// `git rev-parse HEAD` of the project, when it is a git checkout.
     pub git_commit: Option<String>,
-    /// Asset directories copied beside the executable (names relative to the release).
+    /// True when tracked files differed from `git_commit` at build time (they are not in it).
+    #[serde(default)]
+    pub git_dirty: bool,
+    /// Lisp: asset directories copied beside the executable (names relative to the release).
+    #[serde(default)]
     pub assets: Vec<String>,
-    /// The ASDF system and entry point it was built from.
+    /// Lisp: the ASDF system and entry point it was built from.
+    #[serde(default)]
     pub system: String,
+    #[serde(default)]
     pub entry: String,
     /// Wall time of the build, seconds.
     pub build_secs: f64,
+    /// The build commands that ran (shell lines; the Lisp build is `asdf:make`).
+    #[serde(default)]
+    pub build: Vec<String>,
+    /// Regular files in the release (symlinks not counted).
+    #[serde(default)]
+    pub files: u64,
+    /// `sha256:<hex>` over every path, file content and symlink target of the release
+    /// (but this manifest), in path order: `windlass releases --verify` recomputes it.
+    #[serde(default)]
+    pub checksum: String,
+    /// The `shared` paths linked into the release.
+    #[serde(default)]
+    pub shared: Vec<String>,
 }
 
 /// A release on disk: its manifest and directory.
@@ -64,10 +112,6 @@ impl Release {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
-    #[error(
-        "app `{0}` is not a Common Lisp app: `windlass build` builds apps with `lisp = {{ system, entry }}`"
-    )]
-    NotBuildable(String),
     #[error("no release of app `{app}` in {}", dir.display())]
     NoRelease { app: String, dir: PathBuf },
     #[error("no release `{id}` of app `{app}` in {}", dir.display())]
@@ -83,6 +127,12 @@ pub enum ReleaseError {
         #[source]
         source: std::io::Error,
     },
+    #[error("`{command}` failed ({status}) in {}", dir.display())]
+    CommandFailed {
+        command: String,
+        status: String,
+        dir: PathBuf,
+    },
     #[error(transparent)]
     Build(#[from] BuildError),
 }
@@ -96,6 +146,10 @@ impl ReleaseError {
             ReleaseError::NoSuchRelease { .. } => {
                 Some("see the ids with `windlass releases`".into())
             }
+            ReleaseError::CommandFailed { .. } => Some(
+                "its output is above; what runs was left untouched. Fix the build (the app's `build` key) and build again"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -150,6 +204,10 @@ pub fn list(dir: &Path) -> Result<Vec<Release>, ReleaseError> {
         let Ok(manifest) = serde_json::from_slice::<Manifest>(&text) else {
             continue;
         };
+        // A manifest names its own directory: a copied or renamed folder is not this release.
+        if manifest.id != name {
+            continue;
+        }
         out.push(Release {
             manifest,
             dir: path,
@@ -164,60 +222,139 @@ pub fn list(dir: &Path) -> Result<Vec<Release>, ReleaseError> {
     Ok(out)
 }
 
+/// The releases of `app` in `dir`, oldest first.
+pub fn list_app(dir: &Path, app: &str) -> Result<Vec<Release>, ReleaseError> {
+    Ok(list(dir)?
+        .into_iter()
+        .filter(|r| r.manifest.app == app)
+        .collect())
+}
+
 /// The release `sel` of `app`.
 pub fn find(dir: &Path, app: &str, sel: &ReleaseSel) -> Result<Release, ReleaseError> {
-    let mut mine = list(dir)?.into_iter().filter(|r| r.manifest.app == app);
+    let mut mine = list_app(dir, app)?.into_iter();
     match sel {
         ReleaseSel::Latest => mine.next_back().ok_or_else(|| ReleaseError::NoRelease {
             app: app.to_owned(),
             dir: dir.to_path_buf(),
         }),
-        ReleaseSel::Id(id) => mine
-            .into_iter()
-            .find(|r| r.manifest.id == *id)
-            .ok_or_else(|| ReleaseError::NoSuchRelease {
-                app: app.to_owned(),
-                id: id.clone(),
-                dir: dir.to_path_buf(),
-            }),
+        ReleaseSel::Id(id) => {
+            mine.find(|r| r.manifest.id == *id)
+                .ok_or_else(|| ReleaseError::NoSuchRelease {
+                    app: app.to_owned(),
+                    id: id.clone(),
+                    dir: dir.to_path_buf(),
+                })
+        }
     }
 }
 
-/// The argv an instance of `app` starts with: the configured one, or for `release = ...` the
-/// release's executable, looked up now (so the newest build is used by the next start).
-pub fn argv_for(app: &AppConfig) -> std::io::Result<Cow<'_, [String]>> {
-    let Some(LispConfig {
-        release: Some(sel),
-        releases_dir,
-        ..
-    }) = &app.lisp
-    else {
-        return Ok(Cow::Borrowed(&app.argv));
+/// The file holding the release `windlass rollback` chose for `app`.
+pub fn selection_file(app: &AppConfig) -> PathBuf {
+    app.releases.dir.join(format!("{}.current", app.name))
+}
+
+/// The release id `windlass rollback` chose for `app`, if any.
+pub fn selected(app: &AppConfig) -> Option<String> {
+    let text = std::fs::read_to_string(selection_file(app)).ok()?;
+    let id = text.trim();
+    valid_release_id(id).then(|| id.to_owned())
+}
+
+/// Records (atomically) the release `app` runs from its next start on; `None` forgets the
+/// choice, so the config's `release` applies again.
+pub fn set_selected(app: &AppConfig, id: Option<&str>) -> std::io::Result<()> {
+    let file = selection_file(app);
+    match id {
+        Some(id) => {
+            std::fs::create_dir_all(&app.releases.dir)?;
+            crate::layout::write_atomic(&file, format!("{id}\n").as_bytes())
+        }
+        None => match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// The release `app` runs at its next start: the one `windlass rollback` chose, else the
+/// config's `release`; `None` when it runs from source.
+pub fn current(app: &AppConfig) -> Result<Option<Release>, ReleaseError> {
+    let Some(sel) = &app.releases.sel else {
+        return Ok(None);
     };
-    match find(releases_dir, &app.name, sel) {
-        Ok(r) => Ok(Cow::Owned(vec![r.exe().to_string_lossy().into_owned()])),
-        Err(e) => Err(std::io::Error::other(match e.hint() {
+    let sel = selected(app).map_or_else(|| sel.clone(), ReleaseSel::Id);
+    find(&app.releases.dir, &app.name, &sel).map(Some)
+}
+
+/// The release before `id` among `app`'s (by build time), for `windlass rollback APP`.
+pub fn previous(app: &AppConfig, id: &str) -> Result<Option<Release>, ReleaseError> {
+    let mine = list_app(&app.releases.dir, &app.name)?;
+    Ok(mine
+        .iter()
+        .position(|r| r.manifest.id == id)
+        .and_then(|i| i.checked_sub(1))
+        .map(|i| mine[i].clone()))
+}
+
+/// How an instance of an app starts: its argv, working directory and release.
+#[derive(Debug)]
+pub struct Start<'a> {
+    pub argv: Cow<'a, [String]>,
+    pub cwd: Cow<'a, Path>,
+    /// The release id (also handed to the app as `WINDLASS_RELEASE`).
+    pub release: Option<String>,
+}
+
+/// How an instance of `app` starts now: the configured argv in `cwd`, or for an app that runs
+/// releases, the current release (looked up now, so the newest build or the rollback's
+/// choice is used by the next start).
+pub fn start_for(app: &AppConfig) -> std::io::Result<Start<'_>> {
+    let release = current(app).map_err(|e| {
+        std::io::Error::other(match e.hint() {
             Some(h) => format!("{e} ({h})"),
             None => e.to_string(),
-        })),
+        })
+    })?;
+    let Some(r) = release else {
+        return Ok(Start {
+            argv: Cow::Borrowed(&app.argv),
+            cwd: Cow::Borrowed(&app.cwd),
+            release: None,
+        });
+    };
+    // A release copied from another host finds its shared directories made.
+    for s in &r.manifest.shared {
+        let _ = std::fs::create_dir_all(app.releases.shared_dir.join(s));
     }
+    let id = Some(r.manifest.id.clone());
+    if r.manifest.kind == KIND_LISP {
+        return Ok(Start {
+            argv: Cow::Owned(vec![r.exe().to_string_lossy().into_owned()]),
+            cwd: Cow::Borrowed(&app.cwd),
+            release: id,
+        });
+    }
+    Ok(Start {
+        argv: Cow::Borrowed(&app.argv),
+        cwd: Cow::Owned(r.dir),
+        release: id,
+    })
 }
 
-/// Removes the oldest releases of `app` beyond `keep`, never `pinned`. Returns the removed ids.
+/// Removes the oldest releases of `app` beyond `keep`, never one of `protected`. Returns the
+/// removed ids.
 pub fn prune(
     dir: &Path,
     app: &str,
     keep: u32,
-    pinned: Option<&str>,
+    protected: &[String],
 ) -> Result<Vec<String>, ReleaseError> {
-    let mine: Vec<Release> = list(dir)?
-        .into_iter()
-        .filter(|r| r.manifest.app == app)
-        .collect();
+    let mine = list_app(dir, app)?;
     let excess = mine.len().saturating_sub(keep as usize);
     let mut removed = Vec::new();
     for r in mine.into_iter().take(excess) {
-        if Some(r.manifest.id.as_str()) == pinned {
+        if protected.contains(&r.manifest.id) {
             continue;
         }
         std::fs::remove_dir_all(&r.dir).map_err(io("remove", &r.dir))?;
@@ -226,27 +363,446 @@ pub fn prune(
     Ok(removed)
 }
 
-/// The project's git commit, if it is a git checkout with git installed.
-fn git_commit(dir: &Path) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
+/// The releases of `app` that a process of this user runs now (its environment says
+/// `WINDLASS_APP=app` and `WINDLASS_RELEASE=id`).
+pub fn running_ids(app: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let Ok(procs) = procfs::process::all_processes() else {
+        return ids;
+    };
+    for p in procs.flatten() {
+        if let Some(id) = release_of_env(p.environ().ok().as_ref(), app) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+/// The release id in a process environment when it belongs to `app`.
+fn release_of_env(
+    env: Option<&std::collections::HashMap<std::ffi::OsString, std::ffi::OsString>>,
+    app: &str,
+) -> Option<String> {
+    let env = env?;
+    (env.get(std::ffi::OsStr::new(envvars::APP))? == app).then_some(())?;
+    Some(
+        env.get(std::ffi::OsStr::new(envvars::RELEASE))?
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// The release the process `pid` was started with (its `WINDLASS_RELEASE`).
+pub fn release_of_pid(pid: u32) -> Option<String> {
+    let env = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .environ()
+        .ok()?;
+    Some(
+        env.get(std::ffi::OsStr::new(envvars::RELEASE))?
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// Runs `git args` in `dir`; its trimmed stdout when it succeeds.
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .args(args)
         .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
         .output()
         .ok()?;
-    let commit = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-    (out.status.success() && !commit.is_empty()).then_some(commit)
+    let text = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    out.status.success().then_some(text)
+}
+
+/// The project's git commit, if it is a git checkout with git installed.
+fn git_commit(dir: &Path) -> Option<String> {
+    git(dir, &["rev-parse", "--verify", "-q", "HEAD"]).filter(|c| !c.is_empty())
+}
+
+/// The build commands of `app`: its `build` key, else the stack's obvious default.
+pub fn build_commands(app: &AppConfig) -> Vec<String> {
+    if let Some(b) = &app.releases.build {
+        return b.clone();
+    }
+    let has = |f: &str| app.cwd.join(f).is_file();
+    if has("Cargo.toml") {
+        vec!["cargo build --release".into()]
+    } else if has("package-lock.json") || has("npm-shrinkwrap.json") {
+        vec!["npm ci".into()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// What a build reports as it goes (the CLI shows it; the hook streams it to the pusher).
+pub trait Progress: Send {
+    fn step(&mut self, what: &str);
+}
+
+impl<F: FnMut(&str) + Send> Progress for F {
+    fn step(&mut self, what: &str) {
+        self(what)
+    }
+}
+
+/// Builds a new release of `app` into its releases directory, then prunes old ones. The
+/// build commands' output goes to this process's stderr as it is written.
+pub async fn build(app: &AppConfig, progress: &mut dyn Progress) -> Result<Release, ReleaseError> {
+    if app.lisp.is_some() && app.releases.build.is_none() {
+        return build_lisp(app, progress).await;
+    }
+    let app2 = app.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let work = tokio::task::spawn_blocking(move || {
+        build_files(&app2, &mut |s: &str| {
+            let _ = tx.send(s.to_owned());
+        })
+    });
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            r = &mut work => {
+                while let Ok(s) = rx.try_recv() {
+                    progress.step(&s);
+                }
+                return r.unwrap_or_else(|e| Err(ReleaseError::Io {
+                    action: "build",
+                    path: app.cwd.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                }));
+            }
+            Some(s) = rx.recv() => progress.step(&s),
+        }
+    }
+}
+
+/// A release of a non-Lisp app (see the module doc): snapshot, build, link, checksum, rename.
+fn build_files(app: &AppConfig, progress: &mut dyn FnMut(&str)) -> Result<Release, ReleaseError> {
+    let dir = &app.releases.dir;
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let started = Instant::now();
+    let now = SystemTime::now();
+    let id = new_id(dir, now);
+    let tmp = dir.join(format!(".build-{id}-{}", std::process::id()));
+    let result = build_into(app, &tmp, &id, now, started, progress);
+    let manifest = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let final_dir = dir.join(&id);
+    if let Err(e) = std::fs::rename(&tmp, &final_dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(io("rename into place", &final_dir)(e));
+    }
+    prune_after_build(app)?;
+    Ok(Release {
+        manifest,
+        dir: final_dir,
+    })
+}
+
+fn prune_after_build(app: &AppConfig) -> Result<Vec<String>, ReleaseError> {
+    let mut protected = running_ids(&app.name);
+    if let Some(ReleaseSel::Id(p)) = &app.releases.sel {
+        protected.push(p.clone());
+    }
+    protected.extend(selected(app));
+    prune(&app.releases.dir, &app.name, app.releases.keep, &protected)
+}
+
+fn build_into(
+    app: &AppConfig,
+    tmp: &Path,
+    id: &str,
+    now: SystemTime,
+    started: Instant,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Manifest, ReleaseError> {
+    let src = &app.cwd;
+    std::fs::create_dir_all(tmp).map_err(io("create", tmp))?;
+    let commit = git_commit(src);
+    let mut dirty = false;
+    if let Some(commit) = &commit {
+        let prefix = git(src, &["rev-parse", "--show-prefix"]).unwrap_or_default();
+        progress(&format!(
+            "copying the files of git revision {}",
+            &commit[..commit.len().min(12)]
+        ));
+        git_archive(src, &format!("{commit}:{prefix}"), tmp)?;
+        dirty = git(
+            src,
+            &["status", "--porcelain", "--untracked-files=no", "--", "."],
+        )
+        .is_some_and(|s| !s.is_empty());
+    } else {
+        progress(&format!("copying {}", src.display()));
+        copy_tree(src, tmp, &app.releases.dir)?;
+    }
+    let commands = build_commands(app);
+    for line in &commands {
+        progress(&format!("running `{line}`"));
+        run_build_command(app, line, tmp)?;
+    }
+    for s in &app.releases.shared {
+        link_shared(app, tmp, s)?;
+    }
+    progress("computing the checksum");
+    let sum = checksum(tmp)?;
+    let manifest = Manifest {
+        version: MANIFEST_VERSION,
+        app: app.name.clone(),
+        id: id.to_owned(),
+        created: humantime::format_rfc3339_seconds(now).to_string(),
+        created_unix: unix(now),
+        kind: KIND_FILES.to_owned(),
+        exe: String::new(),
+        size: sum.bytes,
+        git_commit: commit,
+        git_dirty: dirty,
+        assets: Vec::new(),
+        system: String::new(),
+        entry: String::new(),
+        build_secs: started.elapsed().as_secs_f64(),
+        build: commands,
+        files: sum.files,
+        checksum: sum.hex,
+        shared: app.releases.shared.clone(),
+    };
+    write_manifest(tmp, &manifest)?;
+    Ok(manifest)
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+}
+
+fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), ReleaseError> {
+    let json = serde_json::to_vec_pretty(m).expect("a manifest always serializes");
+    let mpath = dir.join(MANIFEST);
+    crate::layout::write_atomic(&mpath, &json).map_err(io("write", &mpath))
+}
+
+/// `git archive TREE | tar -x -C dest`.
+fn git_archive(src: &Path, tree: &str, dest: &Path) -> Result<(), ReleaseError> {
+    let mut archive = Command::new("git")
+        .args(["archive", "--format=tar", tree])
+        .current_dir(src)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io("run git archive in", src))?;
+    let out = archive.stdout.take().expect("piped");
+    let tar = Command::new("tar")
+        .args(["-x", "-f", "-", "-C"])
+        .arg(dest)
+        .stdin(Stdio::from(out))
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(io("run tar into", dest))?;
+    let mut err = String::new();
+    if let Some(mut e) = archive.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = archive.wait().map_err(io("run git archive in", src))?;
+    if !status.success() || !tar.status.success() {
+        return Err(ReleaseError::CommandFailed {
+            command: format!(
+                "git archive {tree} | tar -x: {}{}",
+                err.trim(),
+                String::from_utf8_lossy(&tar.stderr).trim()
+            ),
+            status: if status.success() { tar.status } else { status }.to_string(),
+            dir: src.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Copies `src` into `dest` minus `.git/`, `.windlass/`, `skip` and what `.gitignore` excludes.
+fn copy_tree(src: &Path, dest: &Path, skip: &Path) -> Result<(), ReleaseError> {
+    let skip = std::path::absolute(skip).unwrap_or_else(|_| skip.to_path_buf());
+    let state = skip.parent().map(Path::to_path_buf);
+    let walk = ignore::WalkBuilder::new(src)
+        .hidden(false)
+        .git_ignore(true)
+        .git_global(false)
+        .git_exclude(true)
+        .require_git(false)
+        .parents(true)
+        .follow_links(false)
+        .filter_entry(move |e| {
+            let name = e.file_name();
+            if e.depth() > 0 && (name == ".git" || name == ".windlass") {
+                return false;
+            }
+            let abs = std::path::absolute(e.path()).unwrap_or_else(|_| e.path().to_path_buf());
+            abs != skip && Some(&abs) != state.as_ref()
+        })
+        .build();
+    for entry in walk {
+        let entry = entry.map_err(|e| ReleaseError::Io {
+            action: "read",
+            path: src.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        if entry.depth() == 0 {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(src).unwrap_or(entry.path());
+        let to = dest.join(rel);
+        let Some(ft) = entry.file_type() else {
+            continue;
+        };
+        if ft.is_dir() {
+            std::fs::create_dir_all(&to).map_err(io("create", &to))?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(entry.path()).map_err(io("read", entry.path()))?;
+            std::os::unix::fs::symlink(&target, &to).map_err(io("create", &to))?;
+        } else if ft.is_file() {
+            std::fs::copy(entry.path(), &to).map_err(io("copy", entry.path()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one build line (`sh -c`) in `dir` with the app's environment; its output goes to
+/// this process's stderr as it comes.
+fn run_build_command(app: &AppConfig, line: &str, dir: &Path) -> Result<(), ReleaseError> {
+    use std::os::fd::AsFd;
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(io("duplicate stderr for", dir))?;
+    let stdout = stderr
+        .try_clone()
+        .map_err(io("duplicate stderr for", dir))?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(line)
+        .current_dir(dir)
+        .envs(app.env.iter().map(|(k, v)| (k, v)))
+        .env(envvars::APP, &app.name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .status()
+        .map_err(io("run a build command in", dir))?;
+    if !status.success() {
+        return Err(ReleaseError::CommandFailed {
+            command: line.to_owned(),
+            status: status.to_string(),
+            dir: app.cwd.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Replaces `rel` in the release being built by a relative symlink to the app's shared
+/// directory (`../../shared/<app>/rel` from a top-level entry), made if missing.
+fn link_shared(app: &AppConfig, tmp: &Path, rel: &str) -> Result<(), ReleaseError> {
+    let target_abs = app.releases.shared_dir.join(rel);
+    std::fs::create_dir_all(&target_abs).map_err(io("create", &target_abs))?;
+    let link = tmp.join(rel);
+    if let Ok(meta) = std::fs::symlink_metadata(&link) {
+        if meta.is_dir() {
+            std::fs::remove_dir_all(&link).map_err(io("remove", &link))?;
+        } else {
+            std::fs::remove_file(&link).map_err(io("remove", &link))?;
+        }
+    }
+    if let Some(parent) = link.parent() {
+        std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+    }
+    // From the link's folder up to the state directory: one `..` per folder of `rel`, plus
+    // the release's own folder and `releases/`.
+    let depth = Path::new(rel).components().count() - 1 + 2;
+    let mut target = PathBuf::new();
+    for _ in 0..depth {
+        target.push("..");
+    }
+    let shared_rel = app
+        .releases
+        .shared_dir
+        .strip_prefix(app.releases.dir.parent().unwrap_or(Path::new("")))
+        .unwrap_or(&app.releases.shared_dir);
+    target.push(shared_rel);
+    target.push(rel);
+    std::os::unix::fs::symlink(&target, &link).map_err(io("create", &link))
+}
+
+/// A release's files, bytes and checksum.
+pub struct Sum {
+    pub files: u64,
+    pub bytes: u64,
+    pub hex: String,
+}
+
+/// `sha256:` over every entry of `dir` but the manifest, in path order: `F path\0sha256`
+/// for a file, `L path\0target` for a symlink.
+pub fn checksum(dir: &Path) -> Result<Sum, ReleaseError> {
+    let mut entries = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(io("read", &d))? {
+            let e = e.map_err(io("read", &d))?;
+            let ft = e.file_type().map_err(io("read", &e.path()))?;
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else {
+                entries.push((e.path(), ft.is_symlink()));
+            }
+        }
+    }
+    let rel = |p: &Path| {
+        p.strip_prefix(dir)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
+    entries.sort_by_key(|a| rel(&a.0));
+    let mut total = Sha256::new();
+    let (mut files, mut bytes) = (0, 0);
+    for (path, link) in entries {
+        let name = rel(&path);
+        if name == MANIFEST {
+            continue;
+        }
+        if link {
+            let t = std::fs::read_link(&path).map_err(io("read", &path))?;
+            total.update(format!("L {name}\0{}\n", t.display()));
+        } else {
+            let mut f = std::fs::File::open(&path).map_err(io("read", &path))?;
+            let mut h = Sha256::new();
+            let n = std::io::copy(&mut f, &mut h).map_err(io("read", &path))?;
+            files += 1;
+            bytes += n;
+            total.update(format!("F {name}\0{:x}\n", h.finalize()));
+        }
+    }
+    Ok(Sum {
+        files,
+        bytes,
+        hex: format!("sha256:{:x}", total.finalize()),
+    })
 }
 
 /// Builds a new release of the Lisp app `app`: the executable and its assets in
 /// `releases/<id>/`, with its manifest; then prunes old releases.
-pub async fn build(app: &AppConfig) -> Result<Release, ReleaseError> {
-    let lisp = app
-        .lisp
-        .as_ref()
-        .ok_or_else(|| ReleaseError::NotBuildable(app.name.clone()))?;
-    let dir = &lisp.releases_dir;
+async fn build_lisp(app: &AppConfig, progress: &mut dyn Progress) -> Result<Release, ReleaseError> {
+    let lisp = app.lisp.as_ref().expect("checked by build");
+    let dir = &app.releases.dir;
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let now = SystemTime::now();
     let id = new_id(dir, now);
@@ -255,6 +811,10 @@ pub async fn build(app: &AppConfig) -> Result<Release, ReleaseError> {
     spec.sbcl = lisp.sbcl.clone();
     spec.swank = lisp.swank_port.is_some();
     spec.cache_dir = Some(lisp.cache_dir.clone());
+    progress.step(&format!(
+        "building an executable of system {} (asdf:make); with a warm fasl cache this takes about 10 s",
+        lisp.app.system
+    ));
     let built = match executable::build(&spec, &lisp.project_dir, &tmp).await {
         Ok(b) => b,
         Err(e) => {
@@ -267,33 +827,44 @@ pub async fn build(app: &AppConfig) -> Result<Release, ReleaseError> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
+    let sum = match checksum(&tmp) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
     let manifest = Manifest {
         version: MANIFEST_VERSION,
         app: app.name.clone(),
         id: id.clone(),
         created: humantime::format_rfc3339_seconds(now).to_string(),
-        created_unix: now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs_f64(),
+        created_unix: unix(now),
+        kind: KIND_LISP.to_owned(),
         exe: file_name(&built.exe),
         size: built.size,
         git_commit: git_commit(&lisp.project_dir),
+        git_dirty: git(
+            &lisp.project_dir,
+            &["status", "--porcelain", "--untracked-files=no", "--", "."],
+        )
+        .is_some_and(|s| !s.is_empty()),
         assets: built.assets.iter().map(|a| file_name(a)).collect(),
         system: lisp.app.system.clone(),
         entry: lisp.app.entry.clone(),
         build_secs: built.duration.as_secs_f64(),
+        build: vec![format!("asdf:make {}", lisp.app.system)],
+        files: sum.files,
+        checksum: sum.hex,
+        shared: Vec::new(),
     };
-    let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-    let mpath = tmp.join(MANIFEST);
-    crate::layout::write_atomic(&mpath, &json).map_err(io("write", &mpath))?;
+    if let Err(e) = write_manifest(&tmp, &manifest) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     let final_dir = dir.join(&id);
     std::fs::rename(&tmp, &final_dir).map_err(io("rename into place", &final_dir))?;
-    let pinned = match &lisp.release {
-        Some(ReleaseSel::Id(p)) => Some(p.as_str()),
-        _ => None,
-    };
-    prune(dir, &app.name, lisp.keep_releases, pinned)?;
+    prune_after_build(app)?;
     Ok(Release {
         manifest,
         dir: final_dir,
@@ -311,13 +882,19 @@ mod tests {
             id: id.into(),
             created: String::new(),
             created_unix: t,
+            kind: KIND_FILES.into(),
             exe: "x".into(),
             size: 1,
             git_commit: None,
+            git_dirty: false,
             assets: vec![],
             system: "s".into(),
             entry: "p:f".into(),
             build_secs: 1.0,
+            build: vec![],
+            files: 1,
+            checksum: String::new(),
+            shared: vec![],
         }
     }
 
@@ -351,7 +928,7 @@ mod tests {
         let latest = find(dir.path(), "web", &ReleaseSel::Latest).expect("latest");
         assert_eq!(latest.manifest.id, "a4");
         assert!(find(dir.path(), "web", &ReleaseSel::Id("b9".into())).is_err());
-        let removed = prune(dir.path(), "web", 2, Some("a1")).expect("prune");
+        let removed = prune(dir.path(), "web", 2, &["a1".to_owned()]).expect("prune");
         assert_eq!(removed, ["a2"]);
         let left: Vec<String> = list(dir.path())
             .expect("list")

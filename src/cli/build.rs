@@ -1,6 +1,7 @@
-//! `windlass build [APP]`: build a release of each Common Lisp app (or of APP) into
+//! `windlass build [APP]`: build a release of every app (or of APP) into
 //! `.windlass/releases/<id>/`. See [`crate::release`].
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use super::output;
@@ -8,21 +9,28 @@ use super::{CliError, ProjectArg, Result, exit, load_config};
 use crate::config::ReleaseSel;
 use crate::release;
 
-/// Build a release: one self-contained executable plus its assets, in .windlass/releases/ID/.
+/// Build a release of each app (or APP): an immutable copy in .windlass/releases/ID/.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_long_help = "Builds every Common Lisp app of the config (or only APP) into an
-executable that needs no Lisp sources: .windlass/releases/<UTC time>/ with release.json.
-With `release = \"latest\"` in the config, the next start, restart or reload of the app runs it.
-Only the newest `keep_releases` (default 5) releases of an app are kept.
+    after_long_help = "Builds every app of the config (or only APP) into .windlass/releases/<UTC time>/
+with release.json (app, id, git revision and dirty flag, build time, commands, checksum).
+
+A Common Lisp app becomes one executable (asdf:make) plus its assets. Any other app becomes a
+copy of the tracked files of git HEAD (outside git: the directory minus .windlass/, .git/ and
+what .gitignore excludes), in which its `build = [...]` commands run (default: `cargo build
+--release` with a Cargo.toml, `npm ci` with a package-lock.json, nothing otherwise). Their
+output is shown as it comes; a failed build exits 1 and leaves what runs untouched.
+`shared = [\"uploads\"]` directories live in .windlass/shared/APP/ and are linked into each
+release. With `release = \"latest\"` the next start, reload or `windlass rollback` runs it.
+Only the newest `keep_releases` (default 5) are kept, never one that runs or is pinned.
 
 Examples:
   windlass build
-  windlass build hello && windlass restart hello
+  windlass build web && windlass rollback web $(ls -t .windlass/releases | head -1)
   windlass releases"
 )]
 pub struct Args {
-    /// The app to build (default: every Lisp app).
+    /// The app to build (default: every app).
     pub app: Option<String>,
     #[command(flatten)]
     pub project: ProjectArg,
@@ -31,51 +39,33 @@ pub struct Args {
 pub async fn run(args: Args) -> Result {
     let config = load_config(args.project.file.as_ref())?;
     let apps: Vec<_> = match &args.app {
-        Some(name) => {
-            let app = config.app(name).ok_or_else(|| {
-                CliError::new(exit::USAGE, format!("no app named `{name}`")).with_hint(format!(
-                    "apps: {}",
-                    config
-                        .apps
-                        .iter()
-                        .map(|a| a.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-            if app.lisp.is_none() {
-                return Err(CliError::new(
-                    exit::USAGE,
-                    release::ReleaseError::NotBuildable(name.clone()).to_string(),
-                ));
-            }
-            vec![app]
-        }
-        None => config.apps.iter().filter(|a| a.lisp.is_some()).collect(),
+        Some(name) => vec![config.app(name).ok_or_else(|| {
+            CliError::new(exit::USAGE, format!("no app named `{name}`")).with_hint(format!(
+                "apps: {}",
+                config
+                    .apps
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?],
+        None => config.apps.iter().collect(),
     };
-    if apps.is_empty() {
-        return Err(
-            CliError::new(exit::USAGE, "the config has no Common Lisp app to build")
-                .with_hint("`windlass build` builds apps with `lisp = { system, entry }`"),
-        );
-    }
     let color = output::color_stdout();
+    let tty = std::io::stderr().is_terminal();
     for app in apps {
-        let lisp = app.lisp.as_ref().expect("filtered on lisp above");
-        println!(
-            "building {} (system {}); with a warm fasl cache this takes about 10 s...",
-            output::paint(color, output::BOLD, &app.name),
-            lisp.app.system
-        );
+        println!("building {}", output::paint(color, output::BOLD, &app.name));
         let started = Instant::now();
-        let build = release::build(app);
+        let mut progress = |s: &str| eprintln!("  {s}");
+        let build = release::build(app, &mut progress);
         tokio::pin!(build);
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        let mut tick = tokio::time::interval(Duration::from_secs(if tty { 5 } else { 30 }));
         tick.tick().await;
         let built = loop {
             tokio::select! {
                 r = &mut build => break r,
-                _ = tick.tick() => eprintln!("  still building ({}s)", started.elapsed().as_secs()),
+                _ = tick.tick() => eprintln!("  still building {} ({}s)", app.name, started.elapsed().as_secs()),
             }
         };
         let r = built.map_err(|e| {
@@ -87,24 +77,43 @@ pub async fn run(args: Args) -> Result {
             err
         })?;
         let m = &r.manifest;
+        let what = if m.kind == release::KIND_LISP {
+            format!(
+                "{} ({}{})",
+                r.exe().display(),
+                output::bytes(m.size),
+                if m.assets.is_empty() {
+                    String::new()
+                } else {
+                    format!(", assets: {}", m.assets.join(", "))
+                }
+            )
+        } else {
+            format!(
+                "{} ({} files, {})",
+                r.dir.display(),
+                m.files,
+                output::bytes(m.size)
+            )
+        };
         println!(
-            "{} {} release {}: {} ({}{}) in {:.1}s",
+            "{} {} release {}: {what} in {:.1}s",
             output::paint(color, output::GREEN, "built"),
             app.name,
             m.id,
-            r.exe().display(),
-            output::bytes(m.size),
-            if m.assets.is_empty() {
-                String::new()
-            } else {
-                format!(", assets: {}", m.assets.join(", "))
-            },
             m.build_secs
         );
-        match &lisp.release {
+        if let Some(pinned) = release::selected(app) {
+            println!(
+                "  `windlass rollback` pinned {} to {pinned}: `windlass rollback {} {}` switches to this one",
+                app.name, app.name, m.id
+            );
+            continue;
+        }
+        match &app.releases.sel {
             Some(ReleaseSel::Latest) => println!(
-                "  `windlass restart {}` (or reload) runs it; new starts use it from now on",
-                app.name
+                "  `windlass reload {}` (or `windlass rollback {} {}`) runs it",
+                app.name, app.name, m.id
             ),
             Some(ReleaseSel::Id(id)) => println!(
                 "  the config pins release {id}: set release = \"{}\" or \"latest\" to run this one",

@@ -5,7 +5,7 @@ use hyper::Method;
 use super::output;
 use super::{ProjectArg, Result, client, exit};
 use crate::protocol::Action;
-use crate::protocol::ActionResult;
+use crate::protocol::{ActionResult, RollbackResult};
 
 /// Start, stop or restart every instance of an app.
 #[derive(Debug, clap::Args)]
@@ -80,6 +80,96 @@ pub async fn reload(args: ReloadArgs) -> Result {
     // The message can quote the app (a reload's compiler output): shown, not obeyed.
     println!("{}", output::sanitize_text(&r.message));
     Ok(exit::OK)
+}
+
+/// Switch an app to its previous release, or to any built RELEASE, with zero downtime.
+///
+/// New instances of the chosen release start beside the old ones (blue-green; a restart for
+/// an app without a port); once they are healthy traffic switches and the old ones drain. On
+/// success the choice is recorded in .windlass/releases/APP.current and survives supervisor
+/// restarts (it wins over the config's `release` until the next rollback). If a new instance
+/// fails its health check, the old release keeps serving and the command exits 1. The app
+/// must run releases (`release = "latest"` or an id in its config).
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = "Examples:
+  windlass rollback web
+  windlass rollback web 20261124T031500Z
+  windlass rollback web 20261124T031500Z --json")]
+pub struct RollbackArgs {
+    /// The app's name, as in the config.
+    pub app: String,
+    /// The release id to run (default: the one built before the running one); see
+    /// `windlass releases`.
+    pub release: Option<String>,
+    /// Print one JSON object: {ok, app, from, to, message, hint?, status?}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub project: ProjectArg,
+}
+
+pub async fn rollback(args: RollbackArgs) -> Result {
+    if let Some(id) = &args.release {
+        if !crate::config::valid_release_id(id) {
+            return Err(
+                super::CliError::new(exit::USAGE, format!("`{id}` is not a release id"))
+                    .with_hint("see the ids with `windlass releases`"),
+            );
+        }
+    }
+    let c = client(args.project.file.as_ref())?;
+    let mut path = format!("/v1/apps/{}/rollback", urlencode(&args.app));
+    if let Some(id) = &args.release {
+        path.push('/');
+        path.push_str(id);
+    }
+    let r: std::result::Result<RollbackResult, _> = c.json(Method::POST, &path).await;
+    match r {
+        Ok(r) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).expect("a result always serializes")
+                );
+            } else {
+                println!("{}", output::sanitize_text(&r.message));
+                println!(
+                    "{} {}: release {} (was {})",
+                    output::paint(output::color_stdout(), output::GREEN, "switched"),
+                    r.app,
+                    r.to.as_deref().unwrap_or("-"),
+                    r.from.as_deref().unwrap_or("source")
+                );
+            }
+            Ok(exit::OK)
+        }
+        Err(e)
+            if args.json && !matches!(e, crate::control::client::ClientError::NoSupervisor(_)) =>
+        {
+            let (error, hint) = match &e {
+                crate::control::client::ClientError::Api { error, hint, .. } => {
+                    (error.clone(), hint.clone())
+                }
+                other => (other.to_string(), None),
+            };
+            let code = super::CliError::from(e).code;
+            let out = RollbackResult {
+                ok: false,
+                app: args.app.clone(),
+                from: None,
+                to: args.release.clone(),
+                message: error,
+                hint,
+                status: None,
+            };
+            println!(
+                "{}",
+                serde_json::to_string(&out).expect("a result always serializes")
+            );
+            Ok(code)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn down(args: DownArgs) -> Result {

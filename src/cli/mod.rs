@@ -50,7 +50,8 @@ Examples:
   windlass reload web         zero-downtime reload of app `web`
   windlass top                live CPU, memory and requests per instance
   windlass down               stop every app and the supervisor
-  windlass build              build a release of each Common Lisp app
+  windlass build              build a release of each app
+  windlass rollback web       switch app `web` back to its previous release
   windlass repl hello         a Lisp REPL into app `hello` over swank
   windlass attach hello       the app's console (its REPL); detach with Ctrl-]
   windlass export systemd     a systemd unit for the project (also: docker, k8s)
@@ -84,6 +85,7 @@ pub enum Command {
     Man(completions::ManArgs),
     Build(build::Args),
     Releases(releases::Args),
+    Rollback(ctl::RollbackArgs),
     Repl(repl::Args),
     Attach(attach::Args),
     Export(export::Args),
@@ -289,7 +291,8 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Completions(a) => completions::run(a),
         Command::Man(a) => completions::man(a),
         Command::Build(a) => build::run(a).await,
-        Command::Releases(a) => releases::run(a),
+        Command::Releases(a) => releases::run(a).await,
+        Command::Rollback(a) => ctl::rollback(a).await,
         Command::Repl(a) => repl::run(a).await,
         Command::Attach(a) => attach::run(a).await,
         Command::Export(a) => export::run(a),

@@ -4,10 +4,14 @@ use serde::Serialize;
 
 use super::output;
 use super::{ProjectArg, Result, exit, load_config};
-use crate::config::{AppConfig, ReleaseSel};
+use hyper::Method;
+
+use crate::config::AppConfig;
+use crate::protocol::Status;
 use crate::release::{self, Manifest};
 
-/// List built releases (oldest first); `*` marks the one the config runs.
+/// List built releases (oldest first): `*` marks the one the next start runs, RUNNING the
+/// instances that run each one.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "Examples:
   windlass releases
@@ -27,8 +31,11 @@ struct Row<'a> {
     #[serde(flatten)]
     manifest: &'a Manifest,
     path: String,
-    /// True for the release the config's `release` selects (what the next start runs).
+    /// True for the release the next start of the app runs (the config's `release`, or the
+    /// one `windlass rollback` chose).
     selected: bool,
+    /// Indices of the running instances whose process runs this release.
+    instances: Vec<u32>,
 }
 
 #[derive(Serialize)]
@@ -36,20 +43,27 @@ struct Listing<'a> {
     releases: Vec<Row<'a>>,
 }
 
-pub fn run(args: Args) -> Result {
+pub async fn run(args: Args) -> Result {
     let config = load_config(args.project.file.as_ref())?;
     let dir = config.layout().releases_dir();
     let all =
         release::list(&dir).map_err(|e| super::CliError::new(exit::FAILURE, e.to_string()))?;
+    // Which release each instance runs, when a supervisor is up.
+    let status: Option<Status> = match super::client(args.project.file.as_ref()) {
+        Ok(c) => c.json(Method::GET, "/v1/status").await.ok(),
+        Err(_) => None,
+    };
+    let running = |app: &str, id: &str| -> Vec<u32> {
+        status
+            .iter()
+            .flat_map(|s| s.apps.iter().filter(|a| a.name == app))
+            .flat_map(|a| a.instances.iter())
+            .filter(|i| i.pid.is_some() && i.release.as_deref() == Some(id))
+            .map(|i| i.index)
+            .collect()
+    };
     let selected = |app: Option<&AppConfig>| -> Option<String> {
-        let lisp = app?.lisp.as_ref()?;
-        let sel = lisp.release.as_ref()?;
-        match sel {
-            ReleaseSel::Id(id) => Some(id.clone()),
-            ReleaseSel::Latest => release::find(&dir, &app?.name, sel)
-                .ok()
-                .map(|r| r.manifest.id),
-        }
+        release::current(app?).ok().flatten().map(|r| r.manifest.id)
     };
     let rows: Vec<Row> = all
         .iter()
@@ -58,6 +72,7 @@ pub fn run(args: Args) -> Result {
             manifest: &r.manifest,
             path: r.dir.display().to_string(),
             selected: selected(config.app(&r.manifest.app)).as_deref() == Some(&r.manifest.id),
+            instances: running(&r.manifest.app, &r.manifest.id),
         })
         .collect();
     if args.json {
@@ -80,23 +95,40 @@ pub fn run(args: Args) -> Result {
             color,
             output::BOLD,
             &format!(
-                "  {:<12} {:<20} {:<22} {:>10}  {}",
-                "APP", "ID", "CREATED", "SIZE", "COMMIT"
+                "  {:<12} {:<20} {:<22} {:>10}  {:<13} {}",
+                "APP", "ID", "CREATED", "SIZE", "COMMIT", "RUNNING"
             )
         )
     );
     for r in rows {
         let m = r.manifest;
+        let commit = m.git_commit.as_deref().map_or_else(
+            || "-".to_owned(),
+            |c| {
+                format!(
+                    "{}{}",
+                    &c[..c.len().min(12)],
+                    if m.git_dirty { "+" } else { "" }
+                )
+            },
+        );
+        let running = if r.instances.is_empty() {
+            "-".to_owned()
+        } else {
+            r.instances
+                .iter()
+                .map(|i| format!("{}.{i}", m.app))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         println!(
-            "{} {:<12} {:<20} {:<22} {:>10}  {}",
+            "{} {:<12} {:<20} {:<22} {:>10}  {:<13} {running}",
             if r.selected { "*" } else { " " },
             m.app,
             m.id,
             m.created,
             output::bytes(m.size),
-            m.git_commit
-                .as_deref()
-                .map_or("-", |c| &c[..c.len().min(12)])
+            commit,
         );
     }
     Ok(exit::OK)

@@ -34,6 +34,8 @@ pub mod envvars {
     pub const INSTANCE: &str = "INSTANCE";
     /// The app's name.
     pub const APP: &str = "WINDLASS_APP";
+    /// The id of the release an instance runs (set only when it runs one).
+    pub const RELEASE: &str = "WINDLASS_RELEASE";
     /// Overrides the directory windlass keeps its files in (default `.windlass` beside the config).
     pub const STATE_DIR: &str = crate::layout::STATE_DIR_ENV;
     /// Disables colour when set to any value (<https://no-color.org>).
@@ -77,6 +79,9 @@ impl Config {
     }
 }
 
+/// Releases of an app `windlass build` keeps by default.
+pub const KEEP_RELEASES: u32 = 5;
+
 /// True if `id` can name a release (a folder in [`Layout::releases_dir`]): what
 /// `release = "ID"` accepts and what `windlass build` and `releases` list.
 pub fn valid_release_id(id: &str) -> bool {
@@ -117,6 +122,26 @@ pub struct AppConfig {
     pub autostart: bool,
     /// Set for Common Lisp apps (`lisp = { system, entry }`).
     pub lisp: Option<LispConfig>,
+    /// `release`, `keep_releases`, `build` and `shared`: how the app's releases are made and run.
+    pub releases: ReleaseConfig,
+}
+
+/// How an app's releases are built and run (every stack; see `crate::release`).
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseConfig {
+    /// Run a built release instead of the sources.
+    pub sel: Option<ReleaseSel>,
+    /// Where `windlass build` puts releases (`.windlass/releases`).
+    pub dir: PathBuf,
+    /// Persistent directories (`.windlass/shared/<app>/<name>`) linked into every release.
+    pub shared_dir: PathBuf,
+    /// How many releases of this app `windlass build` keeps.
+    pub keep: u32,
+    /// `build = [...]`: shell lines run in the release being built; `None` when not set
+    /// (the detected default applies).
+    pub build: Option<Vec<String>>,
+    /// `shared = ["uploads"]`: paths, relative to the release, that link to `shared_dir`.
+    pub shared: Vec<String>,
 }
 
 /// A Common Lisp app: what `lisp = { ... }` and its companion keys resolve to.
@@ -133,14 +158,8 @@ pub struct LispConfig {
     pub swank_port: Option<u16>,
     /// The form an in-place reload evaluates in the running image.
     pub reload_eval: String,
-    /// Run a built release instead of the sources.
-    pub release: Option<ReleaseSel>,
     /// From source: the compile step run once before instances start (none for a release).
     pub compile: Option<crate::lisp::launcher::CompileStep>,
-    /// Where `windlass build` puts releases (`.windlass/releases`).
-    pub releases_dir: PathBuf,
-    /// How many releases of this app `windlass build` keeps.
-    pub keep_releases: u32,
 }
 
 impl LispConfig {

@@ -99,6 +99,12 @@ pub fn parse(file: &Path, root: &Path, text: &str) -> Result<Config, ConfigError
             proxy: ProxySettings::default(),
             console: false,
             logs: LogsConfig::default(),
+            releases: super::ReleaseConfig {
+                dir: crate::layout::Layout::of_root(root).releases_dir(),
+                shared_dir: crate::layout::Layout::of_root(root).shared_dir(name),
+                keep: super::KEEP_RELEASES,
+                ..Default::default()
+            },
             autostart: true,
             lisp: None,
         });

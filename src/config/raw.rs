@@ -67,6 +67,10 @@ pub struct RawApp {
     pub reload_eval: Option<Spanned<String>>,
     pub release: Option<Spanned<String>>,
     pub keep_releases: Option<Spanned<u32>>,
+    /// Shell lines `windlass build` runs in the release being built.
+    pub build: Option<Spanned<Vec<String>>>,
+    /// Directories kept across releases, linked into each.
+    pub shared: Option<Spanned<Vec<String>>>,
 }
 
 /// `lisp = { system = "...", entry = "package:function" }`.

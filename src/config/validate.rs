@@ -16,6 +16,7 @@ use super::{
     LispConfig, LogsConfig, ProxySettings, ReleaseSel, Source, StopConfig, did_you_mean, envfile,
     envvars, valid_app_name, valid_env_name,
 };
+use super::{KEEP_RELEASES, ReleaseConfig};
 use crate::layout::Layout;
 use crate::lisp::launcher::{self, LispApp, SourceOptions};
 
@@ -426,6 +427,7 @@ fn resolve_app(
         _ => health,
     };
     let console = raw.console.unwrap_or(raw.lisp.is_some());
+    let releases = resolve_releases(cx, root, name, raw);
     let mut argv = argv;
     let lisp = resolve_lisp(
         cx,
@@ -438,6 +440,7 @@ fn resolve_app(
             stop: &stop,
             console,
             shell,
+            release: releases.sel.is_some(),
         },
     )
     .map(|(lisp, lisp_argv)| {
@@ -473,6 +476,7 @@ fn resolve_app(
         logs: resolve_logs(Some(default_logs), raw.logs),
         autostart: raw.autostart.unwrap_or(true),
         lisp,
+        releases,
     })
 }
 
@@ -481,8 +485,6 @@ const MAX_CONNECTIONS_CAP: usize = 16 * 1024 * 1024;
 
 /// Default `health.start_timeout` of a Lisp app: a cold compile is slow.
 const LISP_START_TIMEOUT: Duration = Duration::from_secs(120);
-/// Releases of an app `windlass build` keeps by default.
-const KEEP_RELEASES: u32 = 5;
 
 /// What [`resolve_lisp`] needs of the app resolved so far.
 struct LispCtx<'a> {
@@ -491,6 +493,90 @@ struct LispCtx<'a> {
     stop: &'a StopConfig,
     console: bool,
     shell: bool,
+    /// The app runs built releases (`release` is set).
+    release: bool,
+}
+
+/// Resolves `release`, `keep_releases`, `build` and `shared` (every app).
+fn resolve_releases(cx: &mut Ctx<'_>, root: &Path, name: &str, raw: &RawApp) -> ReleaseConfig {
+    let sel = raw.release.as_ref().and_then(|r| {
+        let v = r.get_ref().trim();
+        if v == "latest" {
+            Some(ReleaseSel::Latest)
+        } else if super::valid_release_id(v) {
+            Some(ReleaseSel::Id(v.to_owned()))
+        } else {
+            cx.error(
+                Some(r.span()),
+                format!("invalid `release` `{v}`"),
+                Some("write \"latest\" (the newest `windlass build`) or a release id from `windlass releases`".into()),
+            );
+            None
+        }
+    });
+    let keep_releases = match &raw.keep_releases {
+        Some(k) if *k.get_ref() == 0 => {
+            cx.error(Some(k.span()), "`keep_releases` must be at least 1", None);
+            KEEP_RELEASES
+        }
+        Some(k) if *k.get_ref() > super::raw::MAX_KEEP => {
+            cx.error(
+                Some(k.span()),
+                format!(
+                    "`keep_releases` is too large: the maximum is {}",
+                    super::raw::MAX_KEEP
+                ),
+                Some("keep fewer releases; older ones can be rebuilt from git".into()),
+            );
+            KEEP_RELEASES
+        }
+        Some(k) => *k.get_ref(),
+        None => KEEP_RELEASES,
+    };
+    let build = raw.build.as_ref().map(|b| {
+        if b.get_ref().iter().any(|l| l.trim().is_empty()) {
+            cx.error(
+                Some(b.span()),
+                "`build` has an empty command",
+                Some(
+                    "write one shell line per step, e.g. build = [\"npm ci\", \"npm run build\"]"
+                        .into(),
+                ),
+            );
+        }
+        b.get_ref().clone()
+    });
+    let mut shared = Vec::new();
+    if let Some(sh) = &raw.shared {
+        for d in sh.get_ref() {
+            let p = Path::new(d);
+            let ok = !d.is_empty()
+                && p.is_relative()
+                && p.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if ok {
+                shared.push(d.clone());
+            } else {
+                cx.error(
+                    Some(sh.span()),
+                    format!("`shared` entry `{d}` is not a plain relative path"),
+                    Some(
+                        "name directories inside the release, e.g. shared = [\"uploads\", \"log\"]"
+                            .into(),
+                    ),
+                );
+            }
+        }
+    }
+    let layout = Layout::of_root(root);
+    ReleaseConfig {
+        sel,
+        dir: layout.releases_dir(),
+        shared_dir: layout.shared_dir(name),
+        keep: keep_releases,
+        build,
+        shared,
+    }
 }
 
 /// Checks that need every app resolved: swank ports (one per instance) must not collide
@@ -549,7 +635,7 @@ fn check_across_apps(
     }
 }
 
-/// Resolves `lisp`, `swank_port`, `reload_eval`, `release` and `keep_releases`. Returns the
+/// Resolves `lisp`, `swank_port` and `reload_eval` (in release mode when `release` is set). Returns the
 /// Lisp config and, in source mode, the argv (the runtime's environment goes into `env`,
 /// before the user's own, which wins).
 fn resolve_lisp(
@@ -573,11 +659,6 @@ fn resolve_lisp(
         for (key, span) in [
             ("swank_port", raw.swank_port.as_ref().map(|s| s.span())),
             ("reload_eval", raw.reload_eval.as_ref().map(|s| s.span())),
-            ("release", raw.release.as_ref().map(|s| s.span())),
-            (
-                "keep_releases",
-                raw.keep_releases.as_ref().map(|s| s.span()),
-            ),
         ] {
             if let Some(span) = span {
                 only_lisp(cx, span, key);
@@ -633,40 +714,7 @@ fn resolve_lisp(
         }
         None => crate::lisp::swank::reload_form(&app.system),
     };
-    let release = raw.release.as_ref().and_then(|r| {
-        let v = r.get_ref().trim();
-        if v == "latest" {
-            Some(ReleaseSel::Latest)
-        } else if super::valid_release_id(v) {
-            Some(ReleaseSel::Id(v.to_owned()))
-        } else {
-            cx.error(
-                Some(r.span()),
-                format!("invalid `release` `{v}`"),
-                Some("write \"latest\" (the newest `windlass build`) or a release id from `windlass releases`".into()),
-            );
-            None
-        }
-    });
-    let keep_releases = match &raw.keep_releases {
-        Some(k) if *k.get_ref() == 0 => {
-            cx.error(Some(k.span()), "`keep_releases` must be at least 1", None);
-            KEEP_RELEASES
-        }
-        Some(k) if *k.get_ref() > super::raw::MAX_KEEP => {
-            cx.error(
-                Some(k.span()),
-                format!(
-                    "`keep_releases` is too large: the maximum is {}",
-                    super::raw::MAX_KEEP
-                ),
-                Some("keep fewer releases; older ones can be rebuilt from git".into()),
-            );
-            KEEP_RELEASES
-        }
-        Some(k) => *k.get_ref(),
-        None => KEEP_RELEASES,
-    };
+    let release = lc.release;
     let layout = Layout::of_root(root);
     let cache_dir = lc
         .env
@@ -685,7 +733,7 @@ fn resolve_lisp(
         .max(lc.stop.timeout / 2);
     let mut runtime_env: Vec<(String, String)> = Vec::new();
     let mut compile = None;
-    let argv = if release.is_some() {
+    let argv = if release {
         runtime_env.push((
             launcher::ENV_STOP_TIMEOUT.to_owned(),
             format!("{:.3}", grace.as_secs_f64()),
@@ -745,10 +793,7 @@ fn resolve_lisp(
             cache_dir,
             swank_port,
             reload_eval,
-            release,
             compile,
-            releases_dir: layout.releases_dir(),
-            keep_releases,
         },
         argv,
     ))

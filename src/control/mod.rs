@@ -23,7 +23,7 @@ use tokio::sync::{Notify, broadcast, watch};
 
 use crate::logs::tail::{MAX_BYTES, MAX_LINES, last_records};
 use crate::protocol::Action;
-use crate::protocol::{ActionResult, ApiError, LogLine, LogsQuery, Stream};
+use crate::protocol::{ActionResult, ApiError, LogLine, LogsQuery, RollbackResult, Stream};
 use crate::supervisor::{Supervisor, SupervisorError, lisp_image};
 
 /// What the handlers share.
@@ -59,6 +59,7 @@ pub fn public_router(ctx: Ctx) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/apps/{app}", get(app_status))
         .route("/v1/apps/{app}/{action}", post(app_action))
+        .route("/v1/apps/{app}/rollback/{release}", post(rollback_to))
         .route("/v1/down", post(down))
         .fallback(not_found)
         .with_state(ctx)
@@ -162,10 +163,41 @@ async fn app_status(
     }
 }
 
+async fn rollback_to(
+    AxState(ctx): AxState<Ctx>,
+    UrlPath((app, release)): UrlPath<(String, String)>,
+) -> Response {
+    rollback(ctx, app, Some(release)).await
+}
+
+/// `POST /v1/apps/{app}/rollback[/{release}]`: 200 with a [`RollbackResult`], or an error.
+async fn rollback(ctx: Ctx, app: String, release: Option<String>) -> Response {
+    match ctx
+        .supervisor
+        .switch_release(&app, release.as_deref())
+        .await
+    {
+        Ok((s, lines, from, to)) => Json(RollbackResult {
+            ok: true,
+            app,
+            from,
+            to: Some(to),
+            message: lines.join("\n"),
+            hint: None,
+            status: Some(s),
+        })
+        .into_response(),
+        Err(e) => sup_error(e),
+    }
+}
+
 async fn app_action(
     AxState(ctx): AxState<Ctx>,
     UrlPath((app, action)): UrlPath<(String, String)>,
 ) -> Response {
+    if action == "rollback" {
+        return rollback(ctx, app, None).await;
+    }
     let Some(action) = Action::parse(&action) else {
         return error(
             StatusCode::NOT_FOUND,

@@ -246,10 +246,14 @@ pub fn spawn(
     let slave: OwnedFd = pty.slave;
     set_cloexec(&master)?;
     set_nonblocking(&master)?;
-    let argv = crate::release::argv_for(app)?;
+    let start = crate::release::start_for(app)?;
+    let argv = &start.argv;
     let mut cmd = Command::new(&argv[0]);
+    if let Some(id) = &start.release {
+        cmd.env(envvars::RELEASE, id);
+    }
     cmd.args(&argv[1..])
-        .current_dir(&app.cwd)
+        .current_dir(&start.cwd)
         .envs(app.env.iter().map(|(k, v)| (k, v)))
         .env(envvars::INSTANCE, launch.index.to_string())
         .env(envvars::APP, &app.name)

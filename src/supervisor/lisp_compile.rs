@@ -52,7 +52,7 @@ impl LispCompiler {
         let Some(lisp) = app.lisp.as_ref() else {
             return Ok(());
         };
-        if lisp.compile.is_none() || lisp.release.is_some() {
+        if lisp.compile.is_none() || app.releases.sel.is_some() {
             return Ok(());
         }
         let mut last = self.last.lock().await;

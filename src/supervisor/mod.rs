@@ -380,6 +380,131 @@ impl Supervisor {
         let rt = self.app(app)?;
         let _reloading = Reloading::begin(&self.shared.reloading);
         let _one_at_a_time = rt.reload_lock.lock().await;
+        self.reload_locked(rt, app, None).await
+    }
+
+    /// `windlass rollback APP [RELEASE]`: switches `app` to `release` (default: the one built
+    /// before the release it runs) through a blue-green reload (a restart for an app without
+    /// a port), and records the choice so it survives restarts. On a failure the choice is
+    /// undone and instances that already switched are reloaded back: the old release serves.
+    /// Returns the status, the reload's messages and the (from, to) ids.
+    pub async fn switch_release(
+        &self,
+        app: &str,
+        release: Option<&str>,
+    ) -> Result<(AppStatus, Vec<String>, Option<String>, String), SupervisorError> {
+        let rt = self.app(app)?;
+        let _one_at_a_time = rt.reload_lock.lock().await;
+        let cfg = rt.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let bad = |reason: String, hint: Option<String>| SupervisorError::ReloadFailed {
+            app: app.to_owned(),
+            reason,
+            hint,
+        };
+        if cfg.releases.sel.is_none() {
+            return Err(bad(
+                format!("app `{app}` runs from source, not from releases"),
+                Some(format!(
+                    "set release = \"latest\" in [app.{app}], build with `windlass build {app}`, then reload"
+                )),
+            ));
+        }
+        // What runs now: the first instance's release, else what its next start would run.
+        let running = rt.instances.iter().find_map(|i| {
+            i.cell
+                .snapshot()
+                .pid
+                .and_then(crate::release::release_of_pid)
+        });
+        let from = match running {
+            Some(id) => Some(id),
+            None => crate::release::current(&cfg)
+                .ok()
+                .flatten()
+                .map(|r| r.manifest.id),
+        };
+        let target = match release {
+            Some(id) => {
+                crate::release::find(&cfg.releases.dir, app, &cfg::ReleaseSel::Id(id.to_owned()))
+                    .map_err(|e| bad(e.to_string(), e.hint()))?
+            }
+            None => {
+                let Some(cur) = &from else {
+                    return Err(bad(
+                        format!("app `{app}` runs no release yet: there is none before it"),
+                        Some(format!(
+                            "name one: `windlass rollback {app} ID` (ids from `windlass releases {app}`)"
+                        )),
+                    ));
+                };
+                crate::release::previous(&cfg, cur)
+                    .map_err(|e| bad(e.to_string(), e.hint()))?
+                    .ok_or_else(|| {
+                        bad(
+                            format!("release {cur} is the oldest release of `{app}`: there is none before it"),
+                            Some(format!("see the ids with `windlass releases {app}`")),
+                        )
+                    })?
+            }
+        };
+        let to = target.manifest.id.clone();
+        let before = crate::release::selected(&cfg);
+        crate::release::set_selected(&cfg, Some(&to)).map_err(|e| SupervisorError::Io {
+            path: crate::release::selection_file(&cfg),
+            source: e,
+        })?;
+        rt.log.note(
+            None,
+            &format!(
+                "switching to release {to} (from {})",
+                from.as_deref().unwrap_or("source")
+            ),
+        );
+        let strategy = if cfg.port.is_some() {
+            ReloadStrategy::BlueGreen
+        } else {
+            ReloadStrategy::Restart
+        };
+        match self.reload_locked(rt, app, Some(strategy)).await {
+            Ok((status, messages)) => Ok((status, messages, from, to)),
+            Err(e) => {
+                let _ = crate::release::set_selected(&cfg, before.as_deref());
+                // Instances that switched before the failure go back to the old release.
+                let after = Instant::now();
+                let cmd = if strategy == ReloadStrategy::BlueGreen {
+                    Cmd::Reload
+                } else {
+                    Cmd::Restart
+                };
+                for inst in &rt.instances {
+                    let on_new = inst
+                        .cell
+                        .snapshot()
+                        .pid
+                        .and_then(crate::release::release_of_pid)
+                        == Some(to.clone());
+                    if on_new {
+                        if let Ok(rx) = send(inst, cmd, after).await {
+                            let _ = rx.await;
+                        }
+                    }
+                }
+                rt.log.note(
+                    None,
+                    &format!("release {to} failed; back on the old release"),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Supervisor::reload`] with the app's reload lock held; `strategy` overrides the app's.
+    async fn reload_locked(
+        &self,
+        rt: &AppRuntime,
+        app: &str,
+        strategy: Option<ReloadStrategy>,
+    ) -> Result<(AppStatus, Vec<String>), SupervisorError> {
         let fresh = cfg::load(&self.shared.config.file)
             .map_err(|e| SupervisorError::Config(e.to_string()))?;
         let new_app = fresh.app(app).cloned().ok_or_else(|| {
@@ -394,7 +519,7 @@ impl Supervisor {
                 "`port` and `instances` of `{app}` changed in the config; they take effect when the supervisor restarts (`windlass down && windlass up -d`)"
             )));
         }
-        let strategy = new_app.reload;
+        let strategy = strategy.unwrap_or(new_app.reload);
         *rt.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_app.clone());
         rt.log.note(
             None,
@@ -639,6 +764,7 @@ impl Supervisor {
                         .next_start
                         .map(|t| t.saturating_duration_since(now).as_secs_f64()),
                     message: s.message,
+                    release: s.pid.and_then(crate::release::release_of_pid),
                     lisp: None,
                 }
             })

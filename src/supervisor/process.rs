@@ -30,10 +30,14 @@ pub struct Launch {
 /// Spawns one instance of `app`: its own process group, stdin from /dev/null, stdout and stderr
 /// piped to windlass.
 pub fn spawn(app: &AppConfig, launch: &Launch) -> std::io::Result<Child> {
-    let argv = crate::release::argv_for(app)?;
+    let start = crate::release::start_for(app)?;
+    let argv = &start.argv;
     let mut cmd = Command::new(&argv[0]);
+    if let Some(id) = &start.release {
+        cmd.env(envvars::RELEASE, id);
+    }
     cmd.args(&argv[1..])
-        .current_dir(&app.cwd)
+        .current_dir(&start.cwd)
         .envs(app.env.iter().map(|(k, v)| (k, v)))
         .env(envvars::INSTANCE, launch.index.to_string())
         .env(envvars::APP, &app.name)

@@ -24,6 +24,7 @@ mod observe;
 mod output;
 mod proxy;
 mod reaper;
+mod releases;
 mod reload;
 mod replay;
 mod supervise;
