@@ -941,4 +941,60 @@ mod tests {
             Err(ReleaseError::NoRelease { .. })
         ));
     }
+
+    fn app_in(dir: &Path, extra: &str) -> AppConfig {
+        let file = dir.join("windlass.toml");
+        std::fs::write(&file, format!("[app.a]\ncommand = \"x\"\n{extra}")).expect("write");
+        let config = crate::config::load(&file).expect("config");
+        config.apps[0].clone()
+    }
+
+    #[test]
+    fn build_commands_default_by_stack_and_the_build_key_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(build_commands(&app_in(dir.path(), "")).is_empty());
+        std::fs::write(dir.path().join("package-lock.json"), "{}").expect("write");
+        assert_eq!(build_commands(&app_in(dir.path(), "")), ["npm ci"]);
+        std::fs::write(dir.path().join("Cargo.toml"), "").expect("write");
+        assert_eq!(
+            build_commands(&app_in(dir.path(), "")),
+            ["cargo build --release"]
+        );
+        let own = app_in(dir.path(), "build = [\"make\"]\nshared = [\"a/b\"]\n");
+        assert_eq!(build_commands(&own), ["make"]);
+        assert_eq!(own.releases.shared, ["a/b"]);
+    }
+
+    #[test]
+    fn shared_entries_must_stay_inside_the_release() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for bad in ["../x", "/abs", ""] {
+            let file = dir.path().join("windlass.toml");
+            std::fs::write(
+                &file,
+                format!("[app.a]\ncommand = \"x\"\nshared = [\"{bad}\"]\n"),
+            )
+            .expect("write");
+            let e = crate::config::load(&file).expect_err(bad).to_string();
+            assert!(e.contains("not a plain relative path"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_shared_link_is_relative_to_the_state_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = app_in(dir.path(), "shared = [\"public/uploads\"]\n");
+        let tmp = dir.path().join(".windlass/releases/.build-x");
+        std::fs::create_dir_all(tmp.join("public/uploads")).expect("mkdir");
+        link_shared(&app, &tmp, "public/uploads").expect("link");
+        assert_eq!(
+            std::fs::read_link(tmp.join("public/uploads")).expect("link"),
+            Path::new("../../../shared/a/public/uploads")
+        );
+        assert!(
+            dir.path()
+                .join(".windlass/shared/a/public/uploads")
+                .is_dir()
+        );
+    }
 }

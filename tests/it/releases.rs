@@ -214,3 +214,241 @@ fn a_rollback_to_an_unhealthy_release_keeps_the_old_one_serving() {
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("20000101T000000Z"));
 }
+
+/// Runs git in `dir` (an identity of its own, no global config).
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let o = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("run git");
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn git_out(dir: &std::path::Path, args: &[&str]) -> String {
+    let o = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run git");
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+const NODE_SERVER: &str = r#"const http = require("http");
+const fs = require("fs");
+const version = fs.readFileSync("dist/version.txt", "utf8").trim();
+http.createServer((req, res) => {
+  const body = req.url === "/health" ? "ok\n" : `web ${version}\n`;
+  res.writeHead(200, { "Content-Length": Buffer.byteLength(body) });
+  res.end(body);
+}).listen(Number(process.env.PORT), "127.0.0.1");
+"#;
+
+/// The build step: dist/version.txt from version.txt; "broken" fails loudly.
+const NODE_BUILD: &str = r#"const fs = require("fs");
+const v = fs.readFileSync("version.txt", "utf8").trim();
+if (v === "broken") { console.error("build broke: version.txt says broken"); process.exit(1); }
+fs.mkdirSync("dist", { recursive: true });
+fs.writeFileSync("dist/version.txt", v + "\n");
+console.log("built dist for " + v);
+"#;
+
+#[test]
+fn a_node_app_builds_from_git_head_rolls_back_and_prunes() {
+    let port = free_port();
+    let p = Project::new(&format!(
+        "[app.web]\ncommand = [\"node\", \"server.js\"]\nport = {port}\n\
+         health = {{ path = \"/health\", start_timeout = \"10s\" }}\nrelease = \"latest\"\nkeep_releases = 2\n\
+         build = [\"npm ci --offline --no-audit --no-fund\", \"node build.js\"]\n"
+    ));
+    p.write(
+        "package.json",
+        r#"{"name":"web","version":"1.0.0","private":true}"#,
+    );
+    p.write(
+        "package-lock.json",
+        r#"{"name":"web","version":"1.0.0","lockfileVersion":3,"requires":true,"packages":{"":{"name":"web","version":"1.0.0"}}}"#,
+    );
+    p.write("server.js", NODE_SERVER);
+    p.write("build.js", NODE_BUILD);
+    p.write(".gitignore", ".windlass/\ndist/\nnode_modules/\n");
+    p.write("version.txt", "one\n");
+    git(p.path(), &["init", "-q"]);
+    git(p.path(), &["add", "-A"]);
+    git(p.path(), &["commit", "-q", "-m", "one"]);
+    let head1 = git_out(p.path(), &["rev-parse", "HEAD"]);
+    // Untracked and uncommitted: not in the release (it is HEAD's files), which says dirty.
+    p.write("scratch.txt", "not tracked\n");
+    p.write("version.txt", "uncommitted\n");
+    let r1 = build(&p, "web");
+    let d1 = p.path().join(".windlass/releases").join(&r1);
+    assert_eq!(
+        std::fs::read_to_string(d1.join("dist/version.txt")).expect("build output"),
+        "one\n"
+    );
+    assert!(!d1.join("scratch.txt").exists());
+    let rows = releases(&p, "web");
+    assert_eq!(rows[0]["git_commit"], head1.as_str());
+    assert_eq!(rows[0]["git_dirty"], true);
+    assert_eq!(
+        rows[0]["build"],
+        serde_json::json!(["npm ci --offline --no-audit --no-fund", "node build.js"])
+    );
+    assert!(rows[0]["files"].as_u64().expect("files") >= 5);
+
+    p.write("version.txt", "two\n");
+    git(p.path(), &["commit", "-q", "-am", "two"]);
+    let r2 = build(&p, "web");
+    assert_eq!(releases(&p, "web")[1]["git_dirty"], false);
+
+    let _sup = p.up(&[]);
+    wait_for("release two serving", DEADLINE, || {
+        http_get(port, "/").ok().filter(|(_, b)| b == "web two\n")
+    });
+    ok(&p.run(&["rollback", "web"]), "rollback");
+    assert_eq!(body(port), "web one\n");
+
+    // A broken build: exit 1 with its output, no new release, what runs is untouched.
+    p.write("version.txt", "broken\n");
+    git(p.path(), &["commit", "-q", "-am", "broken"]);
+    let o = p.run(&["build", "web"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("build broke: version.txt says broken"),
+        "{err}"
+    );
+    assert!(err.contains("node build.js"), "{err}");
+    assert_eq!(releases(&p, "web").len(), 2);
+    assert_eq!(body(port), "web one\n");
+    let leftovers: Vec<_> = std::fs::read_dir(p.path().join(".windlass/releases"))
+        .expect("ls")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".build"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // keep_releases = 2: the running, rolled-back-to r1 stays; r2 goes once r3 and r4 exist.
+    p.write("version.txt", "three\n");
+    git(p.path(), &["commit", "-q", "-am", "three"]);
+    let r3 = build(&p, "web");
+    p.write("version.txt", "four\n");
+    git(p.path(), &["commit", "-q", "-am", "four"]);
+    let r4 = build(&p, "web");
+    let ids: Vec<String> = releases(&p, "web")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(ids, [r1.clone(), r3, r4.clone()]);
+    assert!(!ids.contains(&r2));
+    assert_eq!(body(port), "web one\n");
+    ok(&p.run(&["rollback", "web", &r4]), "to the newest");
+    assert_eq!(body(port), "web four\n");
+}
+
+#[test]
+fn a_release_outside_git_skips_ignored_files_and_runs_from_another_project() {
+    let port = free_port();
+    let config = python_config(port, "");
+    let a = Project::new(&config);
+    a.write("app.py", &python_app("moved"));
+    a.write(".gitignore", "secret.log\ncache/\n");
+    a.write("secret.log", "no\n");
+    a.write("cache/x", "no\n");
+    a.write("lib/helper.py", "X = 1\n");
+    let id = build(&a, "hello");
+    let dir = a.path().join(".windlass/releases").join(&id);
+    assert!(dir.join("app.py").is_file() && dir.join("lib/helper.py").is_file());
+    assert!(!dir.join("secret.log").exists() && !dir.join("cache").exists());
+    assert!(!dir.join(".windlass").exists());
+
+    // Copied into another project's releases directory (no sources there), it runs.
+    let b = Project::new(&config);
+    std::fs::create_dir_all(b.path().join(".windlass/releases")).expect("mkdir");
+    let o = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&dir)
+        .arg(b.path().join(".windlass/releases"))
+        .output()
+        .expect("cp");
+    assert!(o.status.success());
+    let _sup = b.up(&[]);
+    wait_for("the copied release serving", DEADLINE, || {
+        http_get(port, "/")
+            .ok()
+            .filter(|(c, b)| *c == 200 && b.contains("version=moved"))
+    });
+    assert_eq!(b.instance("hello", 0)["release"], id.as_str());
+}
+
+#[test]
+fn a_lisp_app_rolls_back_between_executables_and_prunes() {
+    let port = free_port();
+    let p = Project::empty();
+    copy_tree(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-lisp"),
+        p.path(),
+    );
+    p.write(
+        "windlass.toml",
+        &format!(
+            "[app.hello]\nlisp = {{ system = \"hello-lisp\", entry = \"hello-lisp:main\" }}\n\
+             port = {port}\nenv = {{ XDG_CACHE_HOME = \"{}\" }}\nrelease = \"latest\"\nkeep_releases = 1\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
+            lisp_cache().display()
+        ),
+    );
+    let source = p.path().join("src/app.lisp");
+    let set_version = |v: &str| {
+        let text = std::fs::read_to_string(&source).expect("read app.lisp");
+        let start = text.find("(defvar *version* \"").expect("defvar") + 19;
+        let end = start + text[start..].find('"').expect("quote");
+        std::fs::write(&source, format!("{}{v}{}", &text[..start], &text[end..]))
+            .expect("write app.lisp");
+    };
+    set_version("L1");
+    let r1 = build(&p, "hello");
+    set_version("L2");
+    let r2 = build(&p, "hello");
+    // keep_releases = 1, but nothing runs or is pinned yet: only the newest is kept.
+    assert!(!p.path().join(".windlass/releases").join(&r1).exists());
+    set_version("L1b");
+    let _sup = p.up(&[]);
+    let version = || {
+        http_get(port, "/version")
+            .ok()
+            .filter(|(c, _)| *c == 200)
+            .map(|(_, b)| b)
+    };
+    wait_for("release L2 serving", DEADLINE, || {
+        version().filter(|b| b.contains("L2"))
+    });
+    let r3 = build(&p, "hello");
+    // r2 runs: it is kept beside the newest.
+    assert!(p.path().join(".windlass/releases").join(&r2).exists());
+    ok(&p.run(&["rollback", "hello", &r3]), "forward to r3");
+    assert!(version().expect("version").contains("L1b"));
+    ok(&p.run(&["rollback", "hello"]), "back to r2");
+    assert!(version().expect("version").contains("L2"));
+    let rows = releases(&p, "hello");
+    let row = rows
+        .iter()
+        .find(|r| r["id"] == r2.as_str())
+        .expect("r2 row");
+    assert_eq!(row["instances"], serde_json::json!([0]), "{rows:?}");
+    assert_eq!(row["kind"], "lisp-executable");
+}
