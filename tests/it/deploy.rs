@@ -119,6 +119,7 @@ fn setup_deploys_v1_to_three_hosts_and_a_v2_failing_on_host3_rolls_hosts_1_and_2
     let hosts = Hosts::new(3);
     let p = project(&hosts, "env_file = \"prod.env\"\n");
     p.write("prod.env", &format!("API_KEY={SECRET}\n"));
+    p.write(".gitignore", "prod.env\n");
     build(&p, "v1");
 
     let (ok, stdout, stderr) = deploy(&p, &["--setup", "--json"]);
