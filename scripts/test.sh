@@ -16,6 +16,9 @@ command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v node >/dev/null || need+=(nodejs)    # the Node fixture
 command -v systemd-analyze >/dev/null || need+=(systemd)      # systemd-analyze verify on exported units
 command -v unshare >/dev/null || need+=(util-linux)          # windlass as PID 1 in a PID namespace
+command -v ssh >/dev/null || need+=(openssh-client)          # windlass deploy: the client it uses
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)              # windlass deploy: the test hosts' sshd
+command -v rsync >/dev/null || need+=(rsync)                 # windlass deploy: its transport
 command -v pip3 >/dev/null || command -v pip >/dev/null || need+=(python3-pip)
 # Common Lisp apps: SBCL and the Debian-packaged libraries the example and tests load.
 command -v sbcl >/dev/null || need+=(sbcl)

@@ -116,7 +116,8 @@ fn events(stdout: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn setup_deploys_v1_to_three_hosts_and_a_v2_failing_on_host3_rolls_hosts_1_and_2_back() {
-    let hosts = Hosts::new(3);
+    // Host 3 has no rsync: it gets the files as a tar stream over ssh.
+    let hosts = Hosts::with_rsync(3, &[2]);
     let p = project(&hosts, "env_file = \"prod.env\"\n");
     p.write("prod.env", &format!("API_KEY={SECRET}\n"));
     p.write(".gitignore", "prod.env\n");
@@ -158,6 +159,26 @@ fn setup_deploys_v1_to_three_hosts_and_a_v2_failing_on_host3_rolls_hosts_1_and_2
     }
     assert_eq!(ev.last().unwrap()["step"], "deploy");
     assert_eq!(ev.last().unwrap()["status"], "ok");
+    let transport = |host: &str| {
+        ev.iter()
+            .find(|e| e["host"] == host && e["step"] == "probe")
+            .and_then(|e| e["detail"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(transport("host1").contains("transport rsync"), "{stdout}");
+    assert!(
+        transport("host3").contains("transport tar over ssh"),
+        "{stdout}"
+    );
+    // The env file went to PATH/.env only: not into the release, not onto a terminal.
+    let on_host = std::fs::read_dir(hosts.hosts[0].path.join(".windlass/releases")).unwrap();
+    for r in on_host.flatten().filter(|r| r.path().is_dir()) {
+        assert!(
+            !r.path().join("prod.env").exists(),
+            "the env file is in the release"
+        );
+    }
     assert!(
         !stdout.contains(SECRET) && !stderr.contains(SECRET),
         "the secret was printed"

@@ -51,6 +51,12 @@ fn sh(args: &[&str]) -> Result<(), String> {
 impl Hosts {
     /// `n` hosts. Panics with what is missing when namespaces or sshd cannot be had.
     pub fn new(n: usize) -> Hosts {
+        Hosts::with_rsync(n, &[])
+    }
+
+    /// `n` hosts; those whose index is in `no_rsync` run sessions with a PATH that has every
+    /// command of /usr/bin but rsync (a host without rsync installed).
+    pub fn with_rsync(n: usize, no_rsync: &[usize]) -> Hosts {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let run = std::process::id()
@@ -195,11 +201,22 @@ impl Hosts {
                 fields.next().unwrap(),
                 fields.next().unwrap()
             ));
+            let mut set_env = String::new();
+            if no_rsync.contains(&i) {
+                let bin = d.join(format!("bin-without-rsync{i}"));
+                std::fs::create_dir_all(&bin).expect("mkdir");
+                for e in std::fs::read_dir("/usr/bin").expect("/usr/bin").flatten() {
+                    if e.file_name() != "rsync" {
+                        let _ = std::os::unix::fs::symlink(e.path(), bin.join(e.file_name()));
+                    }
+                }
+                set_env = format!("SetEnv PATH={}:/usr/sbin\n", bin.display());
+            }
             let cfg = d.join(format!("sshd{i}.conf"));
             std::fs::write(
                 &cfg,
                 format!(
-                    "Port 22\nListenAddress {ip}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nMaxSessions 50\nMaxStartups 50\nLogLevel ERROR\n",
+                    "Port 22\nListenAddress {ip}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nMaxSessions 50\nMaxStartups 50\nLogLevel ERROR\n{set_env}",
                     hostkey.display(),
                     d.join("authorized_keys").display()
                 ),
