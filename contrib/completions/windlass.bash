@@ -28,6 +28,9 @@ _windlass() {
             windlass,completions)
                 cmd="windlass__subcmd__completions"
                 ;;
+            windlass,deploy)
+                cmd="windlass__subcmd__deploy"
+                ;;
             windlass,down)
                 cmd="windlass__subcmd__down"
                 ;;
@@ -60,6 +63,9 @@ _windlass() {
                 ;;
             windlass,restart)
                 cmd="windlass__subcmd__restart"
+                ;;
+            windlass,rollback)
+                cmd="windlass__subcmd__rollback"
                 ;;
             windlass,start)
                 cmd="windlass__subcmd__start"
@@ -112,6 +118,9 @@ _windlass() {
             windlass__subcmd__help,completions)
                 cmd="windlass__subcmd__help__subcmd__completions"
                 ;;
+            windlass__subcmd__help,deploy)
+                cmd="windlass__subcmd__help__subcmd__deploy"
+                ;;
             windlass__subcmd__help,down)
                 cmd="windlass__subcmd__help__subcmd__down"
                 ;;
@@ -141,6 +150,9 @@ _windlass() {
                 ;;
             windlass__subcmd__help,restart)
                 cmd="windlass__subcmd__help__subcmd__restart"
+                ;;
+            windlass__subcmd__help,rollback)
+                cmd="windlass__subcmd__help__subcmd__rollback"
                 ;;
             windlass__subcmd__help,start)
                 cmd="windlass__subcmd__help__subcmd__start"
@@ -173,7 +185,7 @@ _windlass() {
 
     case "${cmd}" in
         windlass)
-            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases repl attach export help"
+            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases rollback repl attach export deploy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -263,6 +275,32 @@ _windlass() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__deploy)
+            opts="-f -v -h -V --host --setup --dry-run --json --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -479,7 +517,7 @@ _windlass() {
             return 0
             ;;
         windlass__subcmd__help)
-            opts="up down status logs start stop restart reload check top init completions man build releases repl attach export help"
+            opts="up down status logs start stop restart reload check top init completions man build releases rollback repl attach export deploy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -535,6 +573,20 @@ _windlass() {
             return 0
             ;;
         windlass__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__deploy)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -717,6 +769,20 @@ _windlass() {
             return 0
             ;;
         windlass__subcmd__help__subcmd__restart)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__rollback)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -946,6 +1012,28 @@ _windlass() {
             ;;
         windlass__subcmd__restart)
             opts="-f -v -h -V --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__rollback)
+            opts="-f -v -h -V --json --file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
