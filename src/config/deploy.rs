@@ -169,12 +169,14 @@ fn check_path(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Resolves `[deploy]`; problems are returned as (span, message, help) for the caller's
-/// diagnostics.
+/// A problem found in `[deploy]`: where, what, and how to fix it.
+pub(super) type Problem = (Option<Range<usize>>, String, Option<String>);
+
+/// Resolves `[deploy]`; problems are returned for the caller's diagnostics.
 pub(super) fn resolve(
     root: &Path,
     raw: Option<&RawDeploy>,
-    errors: &mut Vec<(Option<Range<usize>>, String, Option<String>)>,
+    errors: &mut Vec<Problem>,
 ) -> DeployConfig {
     let mut out = DeployConfig::default();
     let Some(raw) = raw else { return out };
@@ -241,16 +243,19 @@ mod tests {
     #[test]
     fn host_specs_parse_user_name_and_path() {
         assert_eq!(
-            HostSpec::parse("deploy@web1:/srv/shop").unwrap(),
+            HostSpec::parse("deploy@web1:/srv/shop").expect("valid"),
             HostSpec {
                 name: "web1".into(),
                 user: Some("deploy".into()),
                 path: Some("/srv/shop".into())
             }
         );
-        assert_eq!(HostSpec::parse("web2").unwrap().user, None);
+        assert_eq!(HostSpec::parse("web2").expect("valid").user, None);
         assert_eq!(
-            HostSpec::parse("10.0.0.3:app").unwrap().path.as_deref(),
+            HostSpec::parse("10.0.0.3:app")
+                .expect("valid")
+                .path
+                .as_deref(),
             Some("app")
         );
     }

@@ -149,16 +149,20 @@ fn setup_deploys_v1_to_three_hosts_and_a_v2_failing_on_host3_rolls_hosts_1_and_2
         assert_eq!(get(h.ip).as_deref(), Ok("v1"), "{} serves v1", h.name);
         let env = h.path.join(".env");
         assert_eq!(
-            std::fs::read_to_string(&env).unwrap(),
+            std::fs::read_to_string(&env).expect("test fixture"),
             format!("API_KEY={SECRET}\n")
         );
         assert_eq!(
-            std::fs::metadata(&env).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(&env)
+                .expect("test fixture")
+                .permissions()
+                .mode()
+                & 0o777,
             0o600
         );
     }
-    assert_eq!(ev.last().unwrap()["step"], "deploy");
-    assert_eq!(ev.last().unwrap()["status"], "ok");
+    assert_eq!(ev.last().expect("events")["step"], "deploy");
+    assert_eq!(ev.last().expect("events")["status"], "ok");
     let transport = |host: &str| {
         ev.iter()
             .find(|e| e["host"] == host && e["step"] == "probe")
@@ -172,7 +176,8 @@ fn setup_deploys_v1_to_three_hosts_and_a_v2_failing_on_host3_rolls_hosts_1_and_2
         "{stdout}"
     );
     // The env file went to PATH/.env only: not into the release, not onto a terminal.
-    let on_host = std::fs::read_dir(hosts.hosts[0].path.join(".windlass/releases")).unwrap();
+    let on_host =
+        std::fs::read_dir(hosts.hosts[0].path.join(".windlass/releases")).expect("test fixture");
     for r in on_host.flatten().filter(|r| r.path().is_dir()) {
         assert!(
             !r.path().join("prod.env").exists(),
@@ -186,7 +191,7 @@ fn setup_deploys_v1_to_three_hosts_and_a_v2_failing_on_host3_rolls_hosts_1_and_2
 
     // v2 breaks on host 3 only.
     build(&p, "v2");
-    std::fs::write(hosts.hosts[2].path.join("BREAK_v2"), "").unwrap();
+    std::fs::write(hosts.hosts[2].path.join("BREAK_v2"), "").expect("test fixture");
     let (ok, stdout, stderr) = deploy(&p, &[]);
     assert!(
         !ok,
@@ -245,7 +250,7 @@ fn a_good_rollout_under_load_fails_no_request_and_reuses_the_hosts_binary() {
                         Ok(_) => {
                             done.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(e) => failures.lock().unwrap().push(format!("{name}: {e}")),
+                        Err(e) => failures.lock().expect("lock").push(format!("{name}: {e}")),
                     }
                 }
             })
@@ -261,10 +266,10 @@ fn a_good_rollout_under_load_fails_no_request_and_reuses_the_hosts_binary() {
     });
     stop.store(true, Ordering::Relaxed);
     for c in clients {
-        c.join().unwrap();
+        c.join().expect("client thread");
     }
     assert!(ok, "deploy v2 failed:\n{stdout}\n{stderr}");
-    let failures = failures.lock().unwrap();
+    let failures = failures.lock().expect("lock");
     assert!(
         failures.is_empty(),
         "{} failed requests during the rollout: {:?}",

@@ -78,7 +78,7 @@ impl Hosts {
             "-C",
             "windlass-test",
             "-f",
-            key.to_str().unwrap(),
+            key.to_str().expect("utf-8 temp path"),
         ])
         .expect("ssh-keygen (openssh-client)");
         std::fs::copy(d.join("id_ed25519.pub"), d.join("authorized_keys"))
@@ -190,7 +190,7 @@ impl Hosts {
                 "-N",
                 "",
                 "-f",
-                hostkey.to_str().unwrap(),
+                hostkey.to_str().expect("utf-8 temp path"),
             ])
             .expect("host key");
             let pubkey =
@@ -198,8 +198,8 @@ impl Hosts {
             let mut fields = pubkey.split_whitespace();
             known.push_str(&format!(
                 "{ip} {} {}\n",
-                fields.next().unwrap(),
-                fields.next().unwrap()
+                fields.next().expect("a host key line"),
+                fields.next().expect("a host key line")
             ));
             let mut set_env = String::new();
             if no_rsync.contains(&i) {
