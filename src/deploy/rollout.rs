@@ -279,7 +279,7 @@ impl Shared<'_> {
             "{mkdir}command -v rsync >/dev/null 2>&1 && echo rsync=1; \
              [ -d /run/systemd/system ] && echo systemd=1; \
              cd {p} 2>/dev/null || exit 0; echo dir=1; \
-             [ -x {WL} ] && echo sha=$(sha256sum {WL} | cut -d' ' -f1); \
+             if [ -x {WL} ]; then if [ -f {WL}.sha256 ] && [ {WL}.sha256 -nt {WL} ]; then echo sha=$(cat {WL}.sha256); else echo sha=$(sha256sum {WL} | cut -d' ' -f1); fi; fi; \
              [ -x {WL} ] && [ -S .windlass/control.sock ] && {WL} status >/dev/null 2>&1 && echo running=1; \
              [ -f {DEPLOY_DIR}/current ] && sed 's/^/current=/' {DEPLOY_DIR}/current; \
              for d in .windlass/releases/*/; do [ -f \"$d\"release.json ] && echo release=$(basename \"$d\"); done; true",
@@ -355,7 +355,24 @@ impl Shared<'_> {
                     .detail("the host's windlass is the same (sha256)"),
             );
         } else {
-            match send(h, &self.plan.binary, WL, &[]) {
+            // The hash is kept beside the binary so the next probe need not read it again
+            // (it is recomputed when the binary is newer than the hash file).
+            let sent = check(
+                h.remote(&format!("rm -f {WL}.sha256")),
+                "removing the old hash",
+            )
+            .and_then(|_| send(h, &self.plan.binary, WL, &[]))
+            .and_then(|n| {
+                check(
+                    h.remote(&format!(
+                        "echo {} > {WL}.sha256",
+                        quote(&self.plan.binary_sha256)
+                    )),
+                    "recording the binary's sha256",
+                )
+                .map(|_| n)
+            });
+            match sent {
                 Ok(n) => step(Event::new(&name, "upload-binary", "ok").bytes(n)),
                 Err(why) => {
                     step(Event::new(&name, "upload-binary", "failed").detail(why.clone()));
