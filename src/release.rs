@@ -407,9 +407,28 @@ pub fn release_of_pid(pid: u32) -> Option<String> {
     )
 }
 
+/// Variables git sets for its hooks: a build run from `windlass git-remote`'s hook must not
+/// see them (they point at the bare repository, relative to the hook's directory).
+const GIT_HOOK_ENV: [&str; 6] = [
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_QUARANTINE_PATH",
+];
+
+/// `cmd` without git's hook variables.
+fn without_git_env(cmd: &mut Command) -> &mut Command {
+    for k in GIT_HOOK_ENV {
+        cmd.env_remove(k);
+    }
+    cmd
+}
+
 /// Runs `git args` in `dir`; its trimmed stdout when it succeeds.
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
+    let out = without_git_env(&mut Command::new("git"))
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -425,12 +444,13 @@ fn git_commit(dir: &Path) -> Option<String> {
     git(dir, &["rev-parse", "--verify", "-q", "HEAD"]).filter(|c| !c.is_empty())
 }
 
-/// The build commands of `app`: its `build` key, else the stack's obvious default.
-pub fn build_commands(app: &AppConfig) -> Vec<String> {
+/// The build commands of `app` whose files are in `dir`: its `build` key, else the stack's
+/// obvious default.
+pub fn build_commands(app: &AppConfig, dir: &Path) -> Vec<String> {
     if let Some(b) = &app.releases.build {
         return b.clone();
     }
-    let has = |f: &str| app.cwd.join(f).is_file();
+    let has = |f: &str| dir.join(f).is_file();
     if has("Cargo.toml") {
         vec!["cargo build --release".into()]
     } else if has("package-lock.json") || has("npm-shrinkwrap.json") {
@@ -451,16 +471,38 @@ impl<F: FnMut(&str) + Send> Progress for F {
     }
 }
 
+/// A revision exported outside the app's directory (a push to `windlass git-remote`): the
+/// app's files in it and the commit they are.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    pub dir: PathBuf,
+    pub commit: String,
+}
+
 /// Builds a new release of `app` into its releases directory, then prunes old ones. The
 /// build commands' output goes to this process's stderr as it is written.
 pub async fn build(app: &AppConfig, progress: &mut dyn Progress) -> Result<Release, ReleaseError> {
+    build_with(app, None, progress).await
+}
+
+/// [`build`] from `checkout` instead of the app's directory when given.
+pub async fn build_with(
+    app: &AppConfig,
+    checkout: Option<&Checkout>,
+    progress: &mut dyn Progress,
+) -> Result<Release, ReleaseError> {
     if app.lisp.is_some() && app.releases.build.is_none() {
-        return build_lisp(app, progress).await;
+        let mut app = app.clone();
+        if let (Some(c), Some(lisp)) = (checkout, app.lisp.as_mut()) {
+            lisp.project_dir = c.dir.clone();
+        }
+        return build_lisp(&app, checkout, progress).await;
     }
     let app2 = app.clone();
+    let checkout = checkout.cloned();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let work = tokio::task::spawn_blocking(move || {
-        build_files(&app2, &mut |s: &str| {
+        build_files(&app2, checkout.as_ref(), &mut |s: &str| {
             let _ = tx.send(s.to_owned());
         })
     });
@@ -483,14 +525,18 @@ pub async fn build(app: &AppConfig, progress: &mut dyn Progress) -> Result<Relea
 }
 
 /// A release of a non-Lisp app (see the module doc): snapshot, build, link, checksum, rename.
-fn build_files(app: &AppConfig, progress: &mut dyn FnMut(&str)) -> Result<Release, ReleaseError> {
+fn build_files(
+    app: &AppConfig,
+    checkout: Option<&Checkout>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Release, ReleaseError> {
     let dir = &app.releases.dir;
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let started = Instant::now();
     let now = SystemTime::now();
     let id = new_id(dir, now);
     let tmp = dir.join(format!(".build-{id}-{}", std::process::id()));
-    let result = build_into(app, &tmp, &id, now, started, progress);
+    let result = build_into(app, checkout, &tmp, &id, now, started, progress);
     let manifest = match result {
         Ok(m) => m,
         Err(e) => {
@@ -521,6 +567,7 @@ fn prune_after_build(app: &AppConfig) -> Result<Vec<String>, ReleaseError> {
 
 fn build_into(
     app: &AppConfig,
+    checkout: Option<&Checkout>,
     tmp: &Path,
     id: &str,
     now: SystemTime,
@@ -529,9 +576,16 @@ fn build_into(
 ) -> Result<Manifest, ReleaseError> {
     let src = &app.cwd;
     std::fs::create_dir_all(tmp).map_err(io("create", tmp))?;
-    let commit = git_commit(src);
+    let mut commit = git_commit(src);
     let mut dirty = false;
-    if let Some(commit) = &commit {
+    if let Some(c) = checkout {
+        progress(&format!(
+            "copying the files of git revision {}",
+            &c.commit[..c.commit.len().min(12)]
+        ));
+        commit = Some(c.commit.clone());
+        copy_tree(&c.dir, tmp, &app.releases.dir)?;
+    } else if let Some(commit) = &commit {
         let prefix = git(src, &["rev-parse", "--show-prefix"]).unwrap_or_default();
         progress(&format!(
             "copying the files of git revision {}",
@@ -547,7 +601,7 @@ fn build_into(
         progress(&format!("copying {}", src.display()));
         copy_tree(src, tmp, &app.releases.dir)?;
     }
-    let commands = build_commands(app);
+    let commands = build_commands(app, tmp);
     for line in &commands {
         progress(&format!("running `{line}`"));
         run_build_command(app, line, tmp)?;
@@ -595,7 +649,7 @@ fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), ReleaseError> {
 
 /// `git archive TREE | tar -x -C dest`.
 fn git_archive(src: &Path, tree: &str, dest: &Path) -> Result<(), ReleaseError> {
-    let mut archive = Command::new("git")
+    let mut archive = without_git_env(&mut Command::new("git"))
         .args(["archive", "--format=tar", tree])
         .current_dir(src)
         .stdin(Stdio::null())
@@ -640,7 +694,7 @@ fn copy_tree(src: &Path, dest: &Path, skip: &Path) -> Result<(), ReleaseError> {
         .git_global(false)
         .git_exclude(true)
         .require_git(false)
-        .parents(true)
+        .parents(false)
         .follow_links(false)
         .filter_entry(move |e| {
             let name = e.file_name();
@@ -688,7 +742,7 @@ fn run_build_command(app: &AppConfig, line: &str, dir: &Path) -> Result<(), Rele
     let stdout = stderr
         .try_clone()
         .map_err(io("duplicate stderr for", dir))?;
-    let status = Command::new("sh")
+    let status = without_git_env(&mut Command::new("sh"))
         .arg("-c")
         .arg(line)
         .current_dir(dir)
@@ -800,7 +854,11 @@ pub fn checksum(dir: &Path) -> Result<Sum, ReleaseError> {
 
 /// Builds a new release of the Lisp app `app`: the executable and its assets in
 /// `releases/<id>/`, with its manifest; then prunes old releases.
-async fn build_lisp(app: &AppConfig, progress: &mut dyn Progress) -> Result<Release, ReleaseError> {
+async fn build_lisp(
+    app: &AppConfig,
+    checkout: Option<&Checkout>,
+    progress: &mut dyn Progress,
+) -> Result<Release, ReleaseError> {
     let lisp = app.lisp.as_ref().expect("checked by build");
     let dir = &app.releases.dir;
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
@@ -843,12 +901,15 @@ async fn build_lisp(app: &AppConfig, progress: &mut dyn Progress) -> Result<Rele
         kind: KIND_LISP.to_owned(),
         exe: file_name(&built.exe),
         size: built.size,
-        git_commit: git_commit(&lisp.project_dir),
-        git_dirty: git(
-            &lisp.project_dir,
-            &["status", "--porcelain", "--untracked-files=no", "--", "."],
-        )
-        .is_some_and(|s| !s.is_empty()),
+        git_commit: checkout
+            .map(|c| c.commit.clone())
+            .or_else(|| git_commit(&lisp.project_dir)),
+        git_dirty: checkout.is_none()
+            && git(
+                &lisp.project_dir,
+                &["status", "--porcelain", "--untracked-files=no", "--", "."],
+            )
+            .is_some_and(|s| !s.is_empty()),
         assets: built.assets.iter().map(|a| file_name(a)).collect(),
         system: lisp.app.system.clone(),
         entry: lisp.app.entry.clone(),
@@ -952,16 +1013,19 @@ mod tests {
     #[test]
     fn build_commands_default_by_stack_and_the_build_key_wins() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(build_commands(&app_in(dir.path(), "")).is_empty());
+        assert!(build_commands(&app_in(dir.path(), ""), dir.path()).is_empty());
         std::fs::write(dir.path().join("package-lock.json"), "{}").expect("write");
-        assert_eq!(build_commands(&app_in(dir.path(), "")), ["npm ci"]);
+        assert_eq!(
+            build_commands(&app_in(dir.path(), ""), dir.path()),
+            ["npm ci"]
+        );
         std::fs::write(dir.path().join("Cargo.toml"), "").expect("write");
         assert_eq!(
-            build_commands(&app_in(dir.path(), "")),
+            build_commands(&app_in(dir.path(), ""), dir.path()),
             ["cargo build --release"]
         );
         let own = app_in(dir.path(), "build = [\"make\"]\nshared = [\"a/b\"]\n");
-        assert_eq!(build_commands(&own), ["make"]);
+        assert_eq!(build_commands(&own, dir.path()), ["make"]);
         assert_eq!(own.releases.shared, ["a/b"]);
     }
 

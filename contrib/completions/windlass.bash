@@ -37,6 +37,9 @@ _windlass() {
             windlass,export)
                 cmd="windlass__subcmd__export"
                 ;;
+            windlass,git-remote)
+                cmd="windlass__subcmd__git__subcmd__remote"
+                ;;
             windlass,help)
                 cmd="windlass__subcmd__help"
                 ;;
@@ -106,6 +109,24 @@ _windlass() {
             windlass__subcmd__export__subcmd__help,systemd)
                 cmd="windlass__subcmd__export__subcmd__help__subcmd__systemd"
                 ;;
+            windlass__subcmd__git__subcmd__remote,help)
+                cmd="windlass__subcmd__git__subcmd__remote__subcmd__help"
+                ;;
+            windlass__subcmd__git__subcmd__remote,init)
+                cmd="windlass__subcmd__git__subcmd__remote__subcmd__init"
+                ;;
+            windlass__subcmd__git__subcmd__remote,receive)
+                cmd="windlass__subcmd__git__subcmd__remote__subcmd__receive"
+                ;;
+            windlass__subcmd__git__subcmd__remote__subcmd__help,help)
+                cmd="windlass__subcmd__git__subcmd__remote__subcmd__help__subcmd__help"
+                ;;
+            windlass__subcmd__git__subcmd__remote__subcmd__help,init)
+                cmd="windlass__subcmd__git__subcmd__remote__subcmd__help__subcmd__init"
+                ;;
+            windlass__subcmd__git__subcmd__remote__subcmd__help,receive)
+                cmd="windlass__subcmd__git__subcmd__remote__subcmd__help__subcmd__receive"
+                ;;
             windlass__subcmd__help,attach)
                 cmd="windlass__subcmd__help__subcmd__attach"
                 ;;
@@ -126,6 +147,9 @@ _windlass() {
                 ;;
             windlass__subcmd__help,export)
                 cmd="windlass__subcmd__help__subcmd__export"
+                ;;
+            windlass__subcmd__help,git-remote)
+                cmd="windlass__subcmd__help__subcmd__git__subcmd__remote"
                 ;;
             windlass__subcmd__help,help)
                 cmd="windlass__subcmd__help__subcmd__help"
@@ -178,6 +202,12 @@ _windlass() {
             windlass__subcmd__help__subcmd__export,systemd)
                 cmd="windlass__subcmd__help__subcmd__export__subcmd__systemd"
                 ;;
+            windlass__subcmd__help__subcmd__git__subcmd__remote,init)
+                cmd="windlass__subcmd__help__subcmd__git__subcmd__remote__subcmd__init"
+                ;;
+            windlass__subcmd__help__subcmd__git__subcmd__remote,receive)
+                cmd="windlass__subcmd__help__subcmd__git__subcmd__remote__subcmd__receive"
+                ;;
             *)
                 ;;
         esac
@@ -185,7 +215,7 @@ _windlass() {
 
     case "${cmd}" in
         windlass)
-            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases rollback repl attach export deploy help"
+            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases rollback git-remote repl attach export deploy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -516,8 +546,130 @@ _windlass() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        windlass__subcmd__git__subcmd__remote)
+            opts="-v -h -V --verbose --help --version init receive help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__git__subcmd__remote__subcmd__help)
+            opts="init receive help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__git__subcmd__remote__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__git__subcmd__remote__subcmd__help__subcmd__init)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__git__subcmd__remote__subcmd__help__subcmd__receive)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__git__subcmd__remote__subcmd__init)
+            opts="-f -v -h -V --branch --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --branch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__git__subcmd__remote__subcmd__receive)
+            opts="-f -v -h -V --branch --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --branch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         windlass__subcmd__help)
-            opts="up down status logs start stop restart reload check top init completions man build releases rollback repl attach export deploy help"
+            opts="up down status logs start stop restart reload check top init completions man build releases rollback git-remote repl attach export deploy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -657,6 +809,48 @@ _windlass() {
             return 0
             ;;
         windlass__subcmd__help__subcmd__export__subcmd__systemd)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__git__subcmd__remote)
+            opts="init receive"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__git__subcmd__remote__subcmd__init)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__git__subcmd__remote__subcmd__receive)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

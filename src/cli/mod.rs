@@ -10,6 +10,7 @@ mod completions;
 pub(crate) mod ctl;
 mod deploy;
 mod export;
+mod git_remote;
 mod init;
 mod logs;
 pub(crate) mod output;
@@ -52,6 +53,7 @@ Examples:
   windlass down               stop every app and the supervisor
   windlass build              build a release of each app
   windlass rollback web       switch app `web` back to its previous release
+  windlass git-remote init    `git push` to .windlass/repo.git builds and runs the pushed code
   windlass repl hello         a Lisp REPL into app `hello` over swank
   windlass attach hello       the app's console (its REPL); detach with Ctrl-]
   windlass export systemd     a systemd unit for the project (also: docker, k8s)
@@ -86,6 +88,7 @@ pub enum Command {
     Build(build::Args),
     Releases(releases::Args),
     Rollback(ctl::RollbackArgs),
+    GitRemote(git_remote::Args),
     Repl(repl::Args),
     Attach(attach::Args),
     Export(export::Args),
@@ -293,6 +296,7 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Build(a) => build::run(a).await,
         Command::Releases(a) => releases::run(a).await,
         Command::Rollback(a) => ctl::rollback(a).await,
+        Command::GitRemote(a) => git_remote::run(a).await,
         Command::Repl(a) => repl::run(a).await,
         Command::Attach(a) => attach::run(a).await,
         Command::Export(a) => export::run(a),

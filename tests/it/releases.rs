@@ -452,3 +452,94 @@ fn a_lisp_app_rolls_back_between_executables_and_prunes() {
     assert_eq!(row["instances"], serde_json::json!([0]), "{rows:?}");
     assert_eq!(row["kind"], "lisp-executable");
 }
+
+/// `git push` with the output (git prints the hook's lines as `remote: ...` on stderr).
+fn push(dev: &std::path::Path, repo: &std::path::Path) -> std::process::Output {
+    std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t", "push", "-q"])
+        .arg(repo)
+        .arg("HEAD:main")
+        .current_dir(dev)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dev)
+        .output()
+        .expect("git push")
+}
+
+fn commit_app(dev: &std::path::Path, source: &str, msg: &str) -> String {
+    std::fs::write(dev.join("app.py"), source).expect("write app.py");
+    git(dev, &["add", "-A"]);
+    git(dev, &["commit", "-q", "-m", msg]);
+    git_out(dev, &["rev-parse", "HEAD"])
+}
+
+#[test]
+fn git_push_deploys_a_good_revision_and_rejects_a_broken_one() {
+    let port = free_port();
+    let p = Project::new(&format!(
+        "[app.hello]\ncommand = [\"python3\", \"app.py\"]\nport = {port}\n\
+         health = {{ path = \"/health\", start_timeout = \"2s\" }}\nrelease = \"latest\"\n\
+         build = [\"python3 -m py_compile app.py\"]\n"
+    ));
+    let out = ok(&p.run(&["git-remote", "init"]), "git-remote init");
+    let repo = p.path().join(".windlass/repo.git");
+    assert!(out.contains(&repo.display().to_string()), "{out}");
+    assert!(repo.join("hooks/pre-receive").is_file());
+
+    let dev = tempfile::tempdir().expect("tempdir");
+    git(dev.path(), &["init", "-q"]);
+    // The first push, before any supervisor runs: built, and run by the next `up`.
+    let c1 = commit_app(dev.path(), &python_app("push1"), "one");
+    let o = push(dev.path(), &repo);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("remote: windlass: built hello release"),
+        "{err}"
+    );
+    assert_eq!(git_out(&repo, &["rev-parse", "main"]), c1);
+    let _sup = p.up(&[]);
+    wait_for("push1 serving", DEADLINE, || {
+        http_get(port, "/")
+            .ok()
+            .filter(|(c, b)| *c == 200 && b.contains("version=push1"))
+    });
+
+    // A good push: built and switched to, the pusher sees it.
+    let c2 = commit_app(dev.path(), &python_app("push2"), "two");
+    let o = push(dev.path(), &repo);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("hello runs release"), "{err}");
+    assert!(body(port).contains("version=push2"));
+    let rows = releases(&p, "hello");
+    assert_eq!(rows.last().expect("row")["git_commit"], c2.as_str());
+
+    // A revision that does not build: rejected, the branch and the app stay on push2.
+    commit_app(dev.path(), "def broken(:\n", "syntax error");
+    let o = push(dev.path(), &repo);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("SyntaxError"), "{err}");
+    assert!(err.contains("push rejected"), "{err}");
+    assert_eq!(git_out(&repo, &["rev-parse", "main"]), c2);
+    assert!(body(port).contains("version=push2"));
+
+    // A revision that builds but fails its health check: rejected the same way.
+    commit_app(
+        dev.path(),
+        &python_app("push3").replace("url.path == \"/health\"", "url.path == \"/never\""),
+        "unhealthy",
+    );
+    let o = push(dev.path(), &repo);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("health"), "{err}");
+    assert!(err.contains("push rejected"), "{err}");
+    assert_eq!(git_out(&repo, &["rev-parse", "main"]), c2);
+    assert!(body(port).contains("version=push2"));
+    assert_eq!(
+        p.instance("hello", 0)["release"],
+        rows.last().expect("row")["id"]
+    );
+}
