@@ -140,7 +140,6 @@ pub(crate) fn run(plan: &Plan, report: Report<'_>) -> Result<Outcome, DeployErro
     };
     let shared = Shared {
         plan,
-        control: &control.0,
         rsync_here,
         config: &config,
         env: env.as_deref(),
@@ -236,7 +235,6 @@ pub(crate) fn run(plan: &Plan, report: Report<'_>) -> Result<Outcome, DeployErro
 
 struct Shared<'a> {
     plan: &'a Plan,
-    control: &'a Path,
     rsync_here: bool,
     config: &'a [u8],
     env: Option<&'a [u8]>,
@@ -256,10 +254,7 @@ impl Shared<'_> {
         };
 
         // connect
-        let log = self
-            .control
-            .join(format!("connect-{}.log", h.ssh.dest.len()));
-        if let Err(why) = h.ssh.connect(&log) {
+        if let Err(why) = h.ssh.connect() {
             step(Event::new(&name, "connect", "failed").detail(why.clone()));
             return Err(fail(h.t, None, why));
         }

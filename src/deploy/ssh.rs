@@ -85,8 +85,9 @@ impl Ssh {
     }
 
     /// Opens the shared connection (authenticating once); the error says why not.
-    pub fn connect(&self, log: &Path) -> Result<(), String> {
-        let err = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    pub fn connect(&self) -> Result<(), String> {
+        let log = self.control.with_extension("log");
+        let err = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let status = Command::new("ssh")
             .args(self.args())
             .args([
@@ -107,7 +108,7 @@ impl Ssh {
         if status.success() {
             Ok(())
         } else {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
             Err(format!("ssh {} failed: {}", self.dest, text.trim()))
         }
     }
