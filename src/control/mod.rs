@@ -107,7 +107,10 @@ pub(crate) fn sup_error(e: SupervisorError) -> Response {
         SupervisorError::UnknownApp { .. } => StatusCode::NOT_FOUND,
         SupervisorError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         SupervisorError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        SupervisorError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        SupervisorError::Config(_)
+        | SupervisorError::AppRemoved { .. }
+        | SupervisorError::NeedsRestart { .. }
+        | SupervisorError::BadRelease { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         SupervisorError::ReloadFailed { .. } | SupervisorError::RestartFailed { .. } => {
             StatusCode::CONFLICT
         }

@@ -200,20 +200,13 @@ pub async fn build(
     let cache = spec
         .cache_dir
         .clone()
-        .unwrap_or_else(|| project_dir.join(".windlass").join("cache"));
-    let sbcl = spec.sbcl.clone().unwrap_or_else(|| PathBuf::from("sbcl"));
+        .unwrap_or_else(|| crate::layout::Layout::of_root(&project_dir).cache_dir());
+    let sbcl = launcher::sbcl_binary(spec.sbcl.as_deref());
 
     let mut command = tokio::process::Command::new(&sbcl);
     command
-        .args(launcher::runtime_options(None))
-        .args([
-            "--no-sysinit",
-            "--no-userinit",
-            "--non-interactive",
-            "--eval",
-            "(require :asdf)",
-            "--eval",
-        ])
+        .args(launcher::sbcl_options(None))
+        .args(["--eval", "(require :asdf)", "--eval"])
         .arg(launcher::load_string_form(&script))
         .env(launcher::ENV_XDG_CACHE_HOME, &cache)
         .env_remove(launcher::ENV_SWANK_PORT)

@@ -243,26 +243,16 @@ pub fn plan_source_command(
         .clone()
         .unwrap_or_else(|| Loader::detect(&project_dir, home.as_deref()));
     let args = project_args(&project_dir, &loader, options.swank_port.is_some())?;
+    let layout = crate::layout::Layout::of_root(&project_dir);
     let runtime_file = options
         .runtime_dir
         .clone()
-        .unwrap_or_else(|| project_dir.join(".windlass").join("lisp"))
+        .unwrap_or_else(|| layout.lisp_dir())
         .join(runtime_file_name());
-    let sbcl = options
-        .sbcl
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("sbcl"));
+    let sbcl = sbcl_binary(options.sbcl.as_deref());
     let mut head = vec![utf8(&sbcl)?];
-    head.extend(runtime_options(options.dynamic_space_mib));
-    head.extend(
-        [
-            "--no-sysinit",
-            "--no-userinit",
-            "--non-interactive",
-            "--load",
-        ]
-        .map(String::from),
-    );
+    head.extend(sbcl_options(options.dynamic_space_mib));
+    head.push("--load".into());
     head.push(utf8(&runtime_file)?);
     head.push("--eval".into());
     let system = Sexp::string_literal(&app.system);
@@ -277,7 +267,7 @@ pub fn plan_source_command(
     let cache = options
         .cache_dir
         .clone()
-        .unwrap_or_else(|| project_dir.join(".windlass").join("cache"));
+        .unwrap_or_else(|| layout.cache_dir());
     let mut env = vec![(ENV_XDG_CACHE_HOME.to_string(), utf8(&cache)?)];
     if let Some(port) = options.swank_port {
         env.push((ENV_SWANK_PORT.to_string(), port.to_string()));
@@ -296,9 +286,22 @@ pub fn plan_source_command(
     })
 }
 
+/// The SBCL binary: the configured one, else `sbcl` from `PATH`.
+pub(crate) fn sbcl_binary(configured: Option<&Path>) -> PathBuf {
+    configured.map_or_else(|| PathBuf::from("sbcl"), Path::to_path_buf)
+}
+
+/// The options every SBCL windlass starts takes after the binary (source runs, compiles
+/// and builds): [`runtime_options`], then no init files and no debugger (an error exits).
+pub(crate) fn sbcl_options(dynamic_space_mib: Option<u32>) -> Vec<String> {
+    let mut argv = runtime_options(dynamic_space_mib);
+    argv.extend(["--no-sysinit", "--no-userinit", "--non-interactive"].map(String::from));
+    argv
+}
+
 /// SBCL runtime options shared by source runs and builds: no banner, no LDB, exit on
 /// heap corruption instead of entering the monitor.
-pub(crate) fn runtime_options(dynamic_space_mib: Option<u32>) -> Vec<String> {
+fn runtime_options(dynamic_space_mib: Option<u32>) -> Vec<String> {
     let mut argv: Vec<String> = ["--noinform", "--disable-ldb", "--lose-on-corruption"]
         .map(String::from)
         .to_vec();

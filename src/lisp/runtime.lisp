@@ -338,9 +338,26 @@ directory, then rename it over the output, holding the cache lock."
 
 ;;; Loading (source mode and build).
 
-(defun load-project (system &key directories (loader :asdf) setup-file)
+(defun forget-stale-fasls (system)
+  "Delete the fasl of every source file of SYSTEM (its own files, not its
+dependencies') written in the same second as that fasl, or later. ASDF compares
+whole seconds, so an edit made in the second of the last compile would look
+compiled and its old fasl would be loaded. Costs one stat per file pair."
+  (let ((system (asdf:find-system system nil)))
+    (when system
+      (dolist (component (asdf:required-components
+                          system :other-systems nil
+                                 :component-type 'asdf:cl-source-file))
+        (let ((source (asdf:component-pathname component))
+              (fasl (first (asdf:output-files 'asdf:compile-op component))))
+          (when (and fasl (probe-file fasl) (probe-file source)
+                     (>= (file-write-date source) (file-write-date fasl)))
+            (delete-file fasl)))))))
+
+(defun load-project (system &key directories (loader :asdf) setup-file forget-stale)
   "Make DIRECTORIES visible to ASDF and load SYSTEM with LOADER
-(:asdf, :quicklisp or :qlot; the last two load SETUP-FILE first).
+(:asdf, :quicklisp or :qlot; the last two load SETUP-FILE first); with
+FORGET-STALE, first drop fasls as old as their source (see FORGET-STALE-FASLS).
 On failure print the condition and exit 1."
   (say "loading system ~a (~(~a~))" system loader)
   (handler-case
@@ -351,6 +368,8 @@ On failure print the condition and exit 1."
          `(:source-registry
            ,@(mapcar (lambda (dir) (list :directory dir)) directories)
            :inherit-configuration))
+        (when forget-stale
+          (forget-stale-fasls system))
         (if (member loader '(:quicklisp :qlot))
             (funcall (find-symbol "QUICKLOAD" "QL") system :silent t)
             (asdf:load-system system))
@@ -472,11 +491,12 @@ ENTRY (a \"package:function\" string) with no arguments, stay in the foreground.
 
 (defun prepare (system &key directories (loader :asdf) setup-file swank lock)
   "Load SYSTEM (and swank when SWANK), every COMPILE-FILE atomic; with LOCK,
-hold the cache lock for the whole load (a compile step or a build)."
+hold the cache lock for the whole load (a compile step or a build), and
+recompile a source as old as its fasl (nobody else loads fasls meanwhile)."
   (install-atomic-fasls)
   (flet ((load-all ()
            (load-project system :directories directories :loader loader
-                                :setup-file setup-file)
+                                :setup-file setup-file :forget-stale lock)
            (when swank
              (load-swank))))
     (if lock

@@ -20,7 +20,9 @@
 //! top-level side effect of unchanged files; incremental loading recompiles changed
 //! files and what depends on them. Because ASDF judges staleness with one-second
 //! timestamps, the form first deletes the fasl of any source written in the same second
-//! as (or after) its fasl, so a quick edit right after a compile is not missed. Inside a
+//! as (or after) its fasl, so a quick edit right after a compile is not missed (the compile
+//! step of a restart or blue-green reload does the same: `forget-stale-fasls` in
+//! `runtime.lisp`). Inside a
 //! built executable there are no sources: use a `(load "patch.lisp")` form instead.
 
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 //! Prometheus exposition: apps and instances read from the supervisor and /proc at each
-//! scrape ([`procs`]), windlass's own process, the proxy's counters ([`proxy_collector`])
+//! scrape ([`crate::supervisor::usage`]), windlass's own process, the proxy's counters ([`proxy_collector`])
 //! and Lisp images ([`lisp`]).
 //!
 //! No global state: the daemon owns one [`Metrics`] (a `prometheus-client` registry) and
@@ -11,7 +11,6 @@
 //! scrape never waits on an image.
 
 pub mod lisp;
-pub mod procs;
 pub mod proxy_collector;
 
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use prometheus_client::registry::Registry;
 
 use crate::protocol::State;
 use crate::supervisor::Supervisor;
+use crate::supervisor::usage;
 
 /// Every state an instance can be in, for the `windlass_instance_state{state}` gauges.
 pub const STATES: [State; 8] = [
@@ -202,7 +202,7 @@ impl Collector for SupervisorCollector {
         )?;
 
         // windlass's own process.
-        let me = procs::myself().unwrap_or_default();
+        let me = usage::myself().unwrap_or_default();
         single(
             &mut enc,
             "windlass_supervisor_start_time_seconds",
@@ -253,7 +253,7 @@ impl Collector for SupervisorCollector {
             .flat_map(|a| a.instances.iter().filter_map(|i| i.pid))
             .filter_map(|p| i32::try_from(p).ok())
             .collect();
-        let usage = procs::groups(&pgids);
+        let usage = usage::groups(&pgids);
         let mut dropped = Vec::new();
         let mut up = Vec::new();
         let mut state = Vec::new();

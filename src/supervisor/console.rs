@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWriteExt;
 use tokio::io::unix::AsyncFd;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{broadcast, mpsc};
 
 use super::capture::capture;
@@ -246,29 +246,12 @@ pub fn spawn(
     let slave: OwnedFd = pty.slave;
     set_cloexec(&master)?;
     set_nonblocking(&master)?;
-    let start = crate::release::start_for(app)?;
-    let argv = &start.argv;
-    let mut cmd = Command::new(&argv[0]);
-    if let Some(id) = &start.release {
-        cmd.env(envvars::RELEASE, id);
-    }
-    cmd.args(&argv[1..])
-        .current_dir(&start.cwd)
-        .envs(app.env.iter().map(|(k, v)| (k, v)))
-        .env(envvars::INSTANCE, launch.index.to_string())
-        .env(envvars::APP, &app.name)
-        .env(envvars::CONSOLE, "1")
+    let mut cmd = super::process::command(app, launch)?;
+    cmd.env(envvars::CONSOLE, "1")
         .env("TERM", "xterm-256color")
         .stdin(Stdio::from(slave.try_clone()?))
         .stdout(Stdio::from(slave.try_clone()?))
-        .stderr(Stdio::from(slave))
-        .kill_on_drop(false);
-    crate::notify::scrub(&mut cmd);
-    if let Some(port) = launch.port {
-        cmd.env(&app.port_env, port.to_string());
-    }
-    // The app gets the open-files limit windlass was started with, not the raised one.
-    crate::limits::restore_in_child(&mut cmd);
+        .stderr(Stdio::from(slave));
     let guardian_fd = launch.guardian_fd;
     // SAFETY: the hook only calls async-signal-safe functions (setsid, ioctl, getpid, write).
     unsafe {

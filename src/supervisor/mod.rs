@@ -16,6 +16,7 @@ pub mod lisp_compile;
 pub mod lisp_image;
 pub mod process;
 pub mod reaper;
+pub mod usage;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -45,11 +46,25 @@ pub enum SupervisorError {
     },
     #[error("the supervisor is shutting down")]
     ShuttingDown,
+    /// The config file no longer loads (a reload re-reads it).
     #[error("{0}")]
-    Config(String),
+    Config(#[source] cfg::ConfigError),
+    #[error("app `{app}` is no longer in {}", file.display())]
+    AppRemoved { app: String, file: PathBuf },
+    /// A setting changed that only a supervisor restart applies.
+    #[error(
+        "`port` and `instances` of `{app}` changed in the config; they take effect when the supervisor restarts (`windlass down && windlass up -d`)"
+    )]
+    NeedsRestart { app: String },
     #[error("reload of `{app}` failed: {reason}")]
     ReloadFailed {
         app: String,
+        reason: String,
+        hint: Option<String>,
+    },
+    /// `windlass rollback` named no usable release (nothing was touched).
+    #[error("{reason}")]
+    BadRelease {
         reason: String,
         hint: Option<String>,
     },
@@ -65,7 +80,8 @@ impl SupervisorError {
             SupervisorError::UnknownApp { known, .. } => {
                 Some(format!("apps: {}", known.join(", ")))
             }
-            SupervisorError::ReloadFailed { hint, .. } => hint.clone(),
+            SupervisorError::ReloadFailed { hint, .. }
+            | SupervisorError::BadRelease { hint, .. } => hint.clone(),
             _ => None,
         }
     }
@@ -206,6 +222,7 @@ impl Supervisor {
         };
         let budget = connection_budget(&config);
         let up_at = Instant::now();
+        let spawner: Arc<dyn instance::Spawner> = Arc::new(instance::OsSpawner);
         let mut apps = Vec::new();
         for app in &config.apps {
             let autostart = if opts.only.is_empty() {
@@ -236,10 +253,11 @@ impl Supervisor {
                     proxy: proxy.clone(),
                     counters: counters.clone(),
                     force: force.subscribe(),
-                    changed: changed.clone(),
                     on_group_gone: on_gone.clone(),
                     compiler: compiler.clone(),
                     up_at,
+                    spawner: spawner.clone(),
+                    changed: changed.clone(),
                 };
                 let task = tokio::spawn(instance::run(ctx, rx, autostart));
                 instances.push(InstanceHandle {
@@ -394,13 +412,11 @@ impl Supervisor {
         release: Option<&str>,
     ) -> Result<(AppStatus, Vec<String>, Option<String>, String), SupervisorError> {
         let rt = self.app(app)?;
+        let _reloading = Reloading::begin(&self.shared.reloading);
         let _one_at_a_time = rt.reload_lock.lock().await;
         let cfg = rt.config.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let bad = |reason: String, hint: Option<String>| SupervisorError::ReloadFailed {
-            app: app.to_owned(),
-            reason,
-            hint,
-        };
+        let bad =
+            |reason: String, hint: Option<String>| SupervisorError::BadRelease { reason, hint };
         if cfg.releases.sel.is_none() {
             return Err(bad(
                 format!("app `{app}` runs from source, not from releases"),
@@ -505,19 +521,19 @@ impl Supervisor {
         app: &str,
         strategy: Option<ReloadStrategy>,
     ) -> Result<(AppStatus, Vec<String>), SupervisorError> {
-        let fresh = cfg::load(&self.shared.config.file)
-            .map_err(|e| SupervisorError::Config(e.to_string()))?;
-        let new_app = fresh.app(app).cloned().ok_or_else(|| {
-            SupervisorError::Config(format!(
-                "app `{app}` is no longer in {}",
-                self.shared.config.file.display()
-            ))
-        })?;
+        let fresh = cfg::load(&self.shared.config.file).map_err(SupervisorError::Config)?;
+        let new_app = fresh
+            .app(app)
+            .cloned()
+            .ok_or_else(|| SupervisorError::AppRemoved {
+                app: app.to_owned(),
+                file: self.shared.config.file.clone(),
+            })?;
         let current = rt.config.read().unwrap_or_else(|p| p.into_inner()).clone();
         if new_app.port != current.port || new_app.instances != current.instances {
-            return Err(SupervisorError::Config(format!(
-                "`port` and `instances` of `{app}` changed in the config; they take effect when the supervisor restarts (`windlass down && windlass up -d`)"
-            )));
+            return Err(SupervisorError::NeedsRestart {
+                app: app.to_owned(),
+            });
         }
         let strategy = strategy.unwrap_or(new_app.reload);
         *rt.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_app.clone());
@@ -560,7 +576,7 @@ impl Supervisor {
                     let outcome: Outcome = send(inst, cmd, after)
                         .await?
                         .await
-                        .unwrap_or_else(|_| Err("the instance task ended".into()));
+                        .unwrap_or(Err(instance::InstanceError::TaskEnded));
                     match outcome {
                         Ok(m) => messages.push(format!(
                             "{app}.{}: {}",
@@ -572,7 +588,7 @@ impl Supervisor {
                             rt.log.note(None, &format!("reload failed: {reason}"));
                             return Err(SupervisorError::ReloadFailed {
                                 app: app.to_owned(),
-                                reason,
+                                reason: reason.to_string(),
                                 hint: None,
                             });
                         }
@@ -715,16 +731,17 @@ impl Supervisor {
                 config: self.shared.config.file.display().to_string(),
                 windlass_version: env!("CARGO_PKG_VERSION").to_owned(),
                 admin_url: self.admin_url(),
-                memory_bytes: procfs::process::Process::myself()
-                    .and_then(|p| p.stat())
-                    .map_or(0, |s| s.rss * procfs::page_size()),
+                memory_bytes: usage::myself().map_or(0, |u| u.resident_bytes),
             },
-            apps: self
-                .shared
-                .apps
-                .iter()
-                .map(|a| self.app_status(a))
-                .collect(),
+            apps: {
+                // One pass over /proc for every instance.
+                let usage = usage::groups(&self.pgids(self.shared.apps.iter()));
+                self.shared
+                    .apps
+                    .iter()
+                    .map(|a| self.app_status_with(a, &usage))
+                    .collect()
+            },
         }
     }
 
@@ -733,6 +750,24 @@ impl Supervisor {
     }
 
     fn app_status(&self, rt: &AppRuntime) -> AppStatus {
+        let usage = usage::groups(&self.pgids(std::iter::once(rt)));
+        self.app_status_with(rt, &usage)
+    }
+
+    /// The process groups of the running instances of `apps`.
+    fn pgids<'a>(&self, apps: impl Iterator<Item = &'a AppRuntime>) -> Vec<i32> {
+        apps.flat_map(|a| a.instances.iter())
+            .filter_map(|i| i.cell.snapshot().pid)
+            .filter_map(|p| i32::try_from(p).ok())
+            .collect()
+    }
+
+    /// `rt`'s status, with the usage of its groups read by [`usage::groups`].
+    fn app_status_with(
+        &self,
+        rt: &AppRuntime,
+        usage: &std::collections::HashMap<i32, usage::Usage>,
+    ) -> AppStatus {
         let cfg = rt.config.read().unwrap_or_else(|p| p.into_inner()).clone();
         let now = Instant::now();
         let instances: Vec<InstanceStatus> = rt
@@ -740,7 +775,10 @@ impl Supervisor {
             .iter()
             .map(|i| {
                 let s = i.cell.snapshot();
-                let usage = s.pid.and_then(|p| process::group_usage(p as i32));
+                let usage = s
+                    .pid
+                    .and_then(|p| i32::try_from(p).ok())
+                    .and_then(|p| usage.get(&p));
                 InstanceStatus {
                     index: i.cell.index,
                     state: s.state,
@@ -755,8 +793,8 @@ impl Supervisor {
                         .filter(|_| s.pid.is_some())
                         .map(|(_, i)| now.duration_since(i).as_secs_f64()),
                     restarts: s.restarts,
-                    memory_bytes: usage.map(|u| u.0),
-                    cpu_seconds: usage.map(|u| u.1),
+                    memory_bytes: usage.map(|u| u.resident_bytes),
+                    cpu_seconds: usage.map(|u| u.cpu_seconds),
                     last_exit: s.last_exit,
                     last_stderr: i.cell.stderr_tail(),
                     reloads: s.reloads,

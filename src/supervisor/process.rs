@@ -27,9 +27,11 @@ pub struct Launch {
     pub guardian_fd: Option<i32>,
 }
 
-/// Spawns one instance of `app`: its own process group, stdin from /dev/null, stdout and stderr
-/// piped to windlass.
-pub fn spawn(app: &AppConfig, launch: &Launch) -> std::io::Result<Child> {
+/// The command of one instance of `app`, shared by both ways of starting it (pipes here, a
+/// terminal in [`super::console`]): its argv (from the current release, if any), working
+/// directory, environment (the app's, then `INSTANCE`, `WINDLASS_APP` and its port) and the
+/// open-files limit windlass was started with. The caller adds stdio and its `pre_exec`.
+pub fn command(app: &AppConfig, launch: &Launch) -> std::io::Result<Command> {
     let start = crate::release::start_for(app)?;
     let argv = &start.argv;
     let mut cmd = Command::new(&argv[0]);
@@ -41,10 +43,6 @@ pub fn spawn(app: &AppConfig, launch: &Launch) -> std::io::Result<Child> {
         .envs(app.env.iter().map(|(k, v)| (k, v)))
         .env(envvars::INSTANCE, launch.index.to_string())
         .env(envvars::APP, &app.name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(false);
     if let Some(port) = launch.port {
         cmd.env(&app.port_env, port.to_string());
@@ -52,6 +50,17 @@ pub fn spawn(app: &AppConfig, launch: &Launch) -> std::io::Result<Child> {
     crate::notify::scrub(&mut cmd);
     // The app gets the open-files limit windlass was started with, not the raised one.
     crate::limits::restore_in_child(&mut cmd);
+    Ok(cmd)
+}
+
+/// Spawns one instance of `app`: its own process group, stdin from /dev/null, stdout and stderr
+/// piped to windlass.
+pub fn spawn(app: &AppConfig, launch: &Launch) -> std::io::Result<Child> {
+    let mut cmd = command(app, launch)?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
     if let Some(fd) = launch.guardian_fd {
         // SAFETY: the hook only calls async-signal-safe functions (getpid, write).
         unsafe {
@@ -148,22 +157,4 @@ pub async fn stop_group(
         }
     }
     Ok(status.expect("loop exits only once the status is known"))
-}
-
-/// Resident memory (bytes) and CPU time (seconds) summed over a process group.
-pub fn group_usage(pgid: i32) -> Option<(u64, f64)> {
-    let page = procfs::page_size();
-    let tps = procfs::ticks_per_second() as f64;
-    let mut found = false;
-    let (mut rss, mut cpu) = (0u64, 0f64);
-    for p in procfs::process::all_processes().ok()?.flatten() {
-        if let Ok(s) = p.stat() {
-            if s.pgrp == pgid {
-                found = true;
-                rss += s.rss * page;
-                cpu += (s.utime + s.stime) as f64 / tps;
-            }
-        }
-    }
-    found.then_some((rss, cpu))
 }

@@ -467,3 +467,75 @@ fn attach_reaches_the_lisp_repl_and_detaches_with_ctrl_bracket() {
     let log = p.log_lines("hello").join("\n");
     assert!(log.contains("out hello-lisp 1 listening"), "{log}");
 }
+
+/// The fasl of `src/app.lisp` of project `p` in the shared test cache.
+fn app_fasl(p: &Project) -> std::path::PathBuf {
+    let project = std::fs::canonicalize(p.path()).expect("canonical project dir");
+    let mut stack = vec![lisp_cache().join("common-lisp")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.ends_with("src/app.fasl")
+                && path.to_string_lossy().contains(&*project.to_string_lossy())
+            {
+                return path;
+            }
+        }
+    }
+    panic!("no fasl of {}/src/app.lisp in the cache", project.display());
+}
+
+/// An edit written in the same second as the last compile (ASDF compares whole seconds)
+/// is still compiled by an in-place reload: the new code is served, every time.
+#[test]
+fn an_edit_in_the_same_second_as_the_last_compile_is_reloaded_in_place() {
+    let swank = free_port();
+    same_second_edits_are_served(&format!("swank_port = {swank}\nreload = \"in-place\""));
+}
+
+/// The same through the compile step of a restart (a fresh SBCL compiles, a new process
+/// loads the fasls).
+#[test]
+fn an_edit_in_the_same_second_as_the_last_compile_is_served_after_a_restart_reload() {
+    same_second_edits_are_served("reload = \"restart\"");
+}
+
+fn same_second_edits_are_served(extra: &str) {
+    let port = free_port();
+    let p = hello_lisp(port, &format!("{extra}\nstop = {{ timeout = \"5s\" }}"));
+    let _sup = p.up(&[]);
+    wait_healthy(&p, port);
+    let src = p.path().join("src/app.lisp");
+    let original = std::fs::read_to_string(&src).expect("read");
+    for round in 1..=3 {
+        let fasl = app_fasl(&p);
+        let compiled_at = std::fs::metadata(&fasl)
+            .and_then(|m| m.modified())
+            .expect("fasl mtime");
+        let version = format!("same-second-{round}");
+        let edited = original.replace("(princ-to-string *version*)", &format!("{version:?}"));
+        assert_ne!(edited, original);
+        std::fs::write(&src, &edited).expect("write");
+        // The edit lands in the very second of the compile (its mtime set to the fasl's,
+        // rather than hoping a fast write does it).
+        std::fs::File::options()
+            .write(true)
+            .open(&src)
+            .and_then(|f| f.set_modified(compiled_at))
+            .expect("set mtime");
+        let o = p.run(&["reload", "hello"]);
+        assert!(
+            o.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            http_get(port, "/version").expect("get").1,
+            version,
+            "round {round}"
+        );
+    }
+}

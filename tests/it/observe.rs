@@ -364,3 +364,26 @@ fn two_projects_with_the_default_admin_address_both_run() {
         assert!(scrape(port).contains("windlass_instance_up{app=\"idle\",index=\"0\"} 1"));
     }
 }
+
+/// `status` and `/metrics` read an instance's usage with one reader: for a group whose
+/// memory does not move (a shell and its sleeping child), they report the same bytes.
+#[test]
+fn status_and_metrics_report_the_same_memory_for_an_instance() {
+    let admin = free_port();
+    let p = Project::new(&format!(
+        "[app.idle]\ncommand = [\"sh\", \"-c\", \"sleep 1000; true\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
+    ));
+    let _sup = p.up(&[]);
+    let series = "windlass_instance_resident_memory_bytes{app=\"idle\",index=\"0\"}";
+    // Both processes of the group are up once the metrics count two of them.
+    wait_for("the shell and its sleep in the group", DEADLINE, || {
+        let m = http_get(admin, "/metrics").ok()?.1;
+        (sample(&m, "windlass_instance_processes{app=\"idle\",index=\"0\"}")? == 2.0).then_some(())
+    });
+    let from_status = p.instance("idle", 0)["memory_bytes"]
+        .as_f64()
+        .expect("status has memory_bytes");
+    let from_metrics = sample(&scrape(admin), series).expect("metrics have the series");
+    assert!(from_status > 0.0);
+    assert_eq!(from_status, from_metrics);
+}

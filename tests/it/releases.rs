@@ -211,7 +211,7 @@ fn a_rollback_to_an_unhealthy_release_keeps_the_old_one_serving() {
     assert!(!p.path().join(".windlass/releases/hello.current").exists());
     // An unknown id is a usage error naming it.
     let o = p.run(&["rollback", "hello", "20000101T000000Z"]);
-    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("20000101T000000Z"));
 }
 

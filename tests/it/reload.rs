@@ -345,3 +345,77 @@ fn a_watched_file_change_reloads_the_app() {
     );
     assert_eq!(http_get(port, "/").expect("after").0, 200);
 }
+
+/// A blue-green reload whose new version never becomes healthy (its /health answers 404,
+/// and it may take 10 minutes to say so): returns the project, the old pid and the new pid
+/// once the new process is running beside the old, with the `reload` command still waiting.
+fn reload_stuck_starting(port: u16) -> (Project, Supervisor, i64, i32, std::process::Child) {
+    let p = Project::new(&config(port, "1", ""));
+    let sup = p.up(&[]);
+    wait_for("hello behind the proxy", DEADLINE, || {
+        http_get(port, "/").ok().filter(|(c, _)| *c == 200)
+    });
+    let old_pid = p.instance("hello", 0)["pid"].as_i64().expect("pid");
+    std::fs::write(
+        p.path().join("windlass.toml"),
+        format!(
+            "[app.hello]\ncommand = [\"python3\", \"{}\"]\nport = {port}\nenv = {{ VERSION = \"2\" }}\n\
+             health = {{ path = \"/missing\", start_timeout = \"10m\" }}\nstop = {{ timeout = \"5s\" }}\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
+            hello_app().display()
+        ),
+    )
+    .expect("config");
+    let reload = p
+        .cmd(&["reload", "hello"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn reload");
+    let new_pid = wait_for("the new process started beside the old", DEADLINE, || {
+        p.log_lines("hello").iter().find_map(|l| {
+            let rest = l.split("reload: started pid ").nth(1)?;
+            rest.split_whitespace().next()?.parse::<i32>().ok()
+        })
+    });
+    assert!(alive(new_pid) && alive(old_pid as i32));
+    (p, sup, old_pid, new_pid, reload)
+}
+
+#[test]
+fn a_stop_during_a_blue_green_start_acts_at_once() {
+    let port = free_port();
+    let (p, _sup, old_pid, new_pid, reload) = reload_stuck_starting(port);
+    let mut stop = p
+        .cmd(&["stop", "hello"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn stop");
+    // With start_timeout = 10m, a stop queued behind the reload would time out here.
+    let status = wait_for("`stop` to return", DEADLINE, || {
+        stop.try_wait().expect("try_wait")
+    });
+    assert!(status.success(), "stop: {status}");
+    assert!(!alive(old_pid as i32), "the old process is gone");
+    assert!(!alive(new_pid), "the new process is gone");
+    let o = reload.wait_with_output().expect("reload");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted by `stop`"), "{err}");
+    assert_eq!(p.instance("hello", 0)["state"], "stopped");
+}
+
+#[test]
+fn ctrl_c_during_a_blue_green_start_stops_both_processes_at_once() {
+    let port = free_port();
+    let (_p, mut sup, old_pid, new_pid, reload) = reload_stuck_starting(port);
+    sup.signal(libc::SIGINT);
+    sup.signal(libc::SIGINT);
+    let code = sup.wait_exit(DEADLINE);
+    assert!(code.is_some(), "windlass exited");
+    assert!(!alive(old_pid as i32), "the old process is gone");
+    assert!(!alive(new_pid), "the new process is gone");
+    let o = reload.wait_with_output().expect("reload");
+    assert!(!o.status.success());
+}

@@ -1,8 +1,9 @@
 //! Resource usage read from /proc: summed over an instance's process group (the app and every
-//! process it started), and windlass's own.
+//! process it started), and windlass's own. The one reader of usage: `status` and `/metrics`
+//! both count with these rules, so they report the same memory for an instance.
 //!
-//! One pass over /proc per scrape buckets every process by its process group, so the cost does
-//! not grow with the number of instances. Zombies hold no memory and are skipped; a process
+//! One pass over /proc per reading buckets every process by its process group, so the cost
+//! does not grow with the number of instances. Zombies hold no memory and are skipped; a process
 //! that exits during the scan is skipped too (its numbers are simply gone).
 
 use std::collections::HashMap;
