@@ -26,6 +26,7 @@ pub mod config;
 pub(crate) mod control;
 pub(crate) mod daemon;
 pub(crate) mod dashboard;
+pub(crate) mod deploy;
 pub(crate) mod export;
 pub mod health;
 pub(crate) mod init;

@@ -28,6 +28,9 @@ _windlass() {
             windlass,completions)
                 cmd="windlass__subcmd__completions"
                 ;;
+            windlass,deploy)
+                cmd="windlass__subcmd__deploy"
+                ;;
             windlass,down)
                 cmd="windlass__subcmd__down"
                 ;;
@@ -139,6 +142,9 @@ _windlass() {
             windlass__subcmd__help,completions)
                 cmd="windlass__subcmd__help__subcmd__completions"
                 ;;
+            windlass__subcmd__help,deploy)
+                cmd="windlass__subcmd__help__subcmd__deploy"
+                ;;
             windlass__subcmd__help,down)
                 cmd="windlass__subcmd__help__subcmd__down"
                 ;;
@@ -215,7 +221,7 @@ _windlass() {
 
     case "${cmd}" in
         windlass)
-            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases rollback git-remote pack repl attach export help"
+            opts="-v -h -V --verbose --help --version up down status ps logs start stop restart reload check top init completions man build releases rollback git-remote pack repl attach export deploy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -305,6 +311,32 @@ _windlass() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__deploy)
+            opts="-f -v -h -V --host --setup --dry-run --json --file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -643,7 +675,7 @@ _windlass() {
             return 0
             ;;
         windlass__subcmd__help)
-            opts="up down status logs start stop restart reload check top init completions man build releases rollback git-remote pack repl attach export help"
+            opts="up down status logs start stop restart reload check top init completions man build releases rollback git-remote pack repl attach export deploy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -699,6 +731,20 @@ _windlass() {
             return 0
             ;;
         windlass__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        windlass__subcmd__help__subcmd__deploy)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

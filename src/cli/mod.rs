@@ -8,6 +8,7 @@ mod build;
 mod check;
 mod completions;
 pub(crate) mod ctl;
+mod deploy;
 mod export;
 mod git_remote;
 mod init;
@@ -57,7 +58,8 @@ Examples:
   windlass pack --format oci  the project as an OCI image (no daemon needed)
   windlass repl hello         a Lisp REPL into app `hello` over swank
   windlass attach hello       the app's console (its REPL); detach with Ctrl-]
-  windlass export systemd     a systemd unit for the project (also: docker, k8s)";
+  windlass export systemd     a systemd unit for the project (also: docker, k8s)
+  windlass deploy             ship the releases to the hosts of [deploy] over ssh";
 
 /// Run, supervise, hot-reload, monitor and deploy web apps.
 #[derive(Debug, Parser)]
@@ -93,6 +95,7 @@ pub enum Command {
     Repl(repl::Args),
     Attach(attach::Args),
     Export(export::Args),
+    Deploy(deploy::Args),
 }
 
 /// An error on its way to the terminal: message, hint, exit code.
@@ -301,6 +304,7 @@ async fn dispatch(cli: Cli, guardian: Option<crate::supervisor::guardian::Guardi
         Command::Repl(a) => repl::run(a).await,
         Command::Attach(a) => attach::run(a).await,
         Command::Export(a) => export::run(a),
+        Command::Deploy(a) => deploy::run(a).await,
     }
 }
 

@@ -5,6 +5,7 @@
 //! error, each with file:line:column and a hint. With no `windlass.toml`, a `Procfile` is read
 //! ([`procfile`]). The rest of windlass only ever sees the resolved [`Config`].
 
+pub mod deploy;
 pub(crate) mod diagnostic;
 pub(crate) mod envfile;
 pub(crate) mod procfile;
@@ -63,6 +64,8 @@ pub struct Config {
     /// Apps in the order they appear in the file.
     pub apps: Vec<AppConfig>,
     pub admin: AdminConfig,
+    /// `[deploy]`: the hosts `windlass deploy` ships to.
+    pub deploy: deploy::DeployConfig,
 }
 
 impl Config {

@@ -127,5 +127,6 @@ pub fn parse(file: &Path, root: &Path, text: &str) -> Result<Config, ConfigError
         source: Source::Procfile,
         apps,
         admin: AdminConfig::default(),
+        deploy: super::deploy::DeployConfig::default(),
     })
 }

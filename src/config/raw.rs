@@ -33,6 +33,8 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub logs: Option<RawLogs>,
+    #[serde(default)]
+    pub deploy: Option<super::deploy::RawDeploy>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -88,6 +88,11 @@ pub(super) fn from_toml(file: &Path, root: &Path, text: &str) -> Result<Config, 
     }
 
     let admin = resolve_admin(&mut cx, raw.admin.as_ref());
+    let mut deploy_errors = Vec::new();
+    let deploy = super::deploy::resolve(root, raw.deploy.as_ref(), &mut deploy_errors);
+    for (span, msg, help) in deploy_errors {
+        cx.error(span, msg, help);
+    }
 
     if !cx.diags.is_empty() {
         return Err(ConfigError::Invalid(cx.diags));
@@ -99,6 +104,7 @@ pub(super) fn from_toml(file: &Path, root: &Path, text: &str) -> Result<Config, 
         source: Source::Toml,
         apps: apps.into_iter().map(|(_, a)| a).collect(),
         admin,
+        deploy,
     })
 }
 

@@ -124,6 +124,7 @@ fn every_config_key_is_in_the_reference() {
         ),
         ("admin.", Box::new(|k| format!("[admin]\n{k}\n"))),
         ("logs.", Box::new(|k| format!("[logs]\n{k}\n"))),
+        ("deploy.", Box::new(|k| format!("[deploy]\n{k}\n"))),
     ];
     let mut missing = Vec::new();
     let mut total = 0;

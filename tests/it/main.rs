@@ -8,6 +8,7 @@ mod config;
 mod contrib;
 mod control;
 mod dashboard;
+mod deploy;
 mod discovery;
 mod docs;
 mod export;

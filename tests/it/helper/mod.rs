@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod hosts;
 pub mod webdriver;
 
 use std::io::{Read, Write};
