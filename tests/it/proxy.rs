@@ -1753,8 +1753,9 @@ async fn a_stalled_request_body_gets_a_408_and_lets_go_of_the_app_and_the_drain(
 }
 
 /// A network namespace joined to this one by a veth pair with addresses from
-/// 192.0.2.0/24 (TEST-NET-1): a client that is not on loopback. Removed when dropped,
-/// also on a panic.
+/// 198.18.0.0/15 (RFC 2544 benchmarking): a client that is not on loopback. Removed when
+/// dropped, also on a panic. Not TEST-NET-1: this machine's own eth0 is 192.0.2.2/24, and
+/// a /30 there took its address (and could shadow its gateway).
 struct Netns {
     name: String,
     host_if: String,
@@ -1765,14 +1766,25 @@ impl Netns {
     fn new() -> Netns {
         let id = std::process::id() % 10_000;
         // A /30 per test process, so parallel runs do not collide.
-        let net = 4 * (id % 60);
+        let (third, fourth) = (id / 64, 4 * (id % 64));
         let ns = Netns {
             name: format!("wl-req-{id}"),
             host_if: format!("wlq{id}h"),
-            host_ip: format!("192.0.2.{}", net + 1),
+            host_ip: format!("198.18.{third}.{}", fourth + 1),
         };
         let peer_if = format!("wlq{id}n");
-        let peer_ip = format!("192.0.2.{}", net + 2);
+        let peer_ip = format!("198.18.{third}.{}", fourth + 2);
+        let taken = std::process::Command::new("ip")
+            .args(["-4", "-o", "addr", "show"])
+            .output()
+            .expect("run `ip` (package iproute2)");
+        let taken = String::from_utf8_lossy(&taken.stdout);
+        for addr in [&ns.host_ip, &peer_ip] {
+            assert!(
+                !taken.contains(&format!(" {addr}/")),
+                "{addr} is already an address of this machine: {taken}"
+            );
+        }
         // Left over from a run that was killed: removed first.
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &ns.host_if])
