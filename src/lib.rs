@@ -27,6 +27,7 @@ pub(crate) mod control;
 pub(crate) mod daemon;
 pub(crate) mod dashboard;
 pub(crate) mod deploy;
+pub(crate) mod edge;
 pub(crate) mod export;
 pub mod health;
 pub(crate) mod init;
