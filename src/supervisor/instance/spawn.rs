@@ -230,6 +230,8 @@ pub(crate) struct Proc {
     pub output: Tail,
     /// The tasks copying its stdout and stderr to the log.
     pub captures: Vec<JoinHandle<()>>,
+    /// Its private port, kept from other instances until the process is gone.
+    pub _lease: Option<PortLease>,
 }
 
 /// How long an exit waits for the app's last output to reach the log: a grandchild that
@@ -265,11 +267,47 @@ impl Drop for Proc {
     }
 }
 
-/// A free private port on the loopback interface, for a new process to listen on.
-fn private_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+/// The private ports handed to this supervisor's live processes. The kernel offers a port
+/// that nobody has bound *yet*: an app that takes seconds to bind (a Lisp image compiling)
+/// left its port free, and a second instance was handed the same one (its start then failed
+/// with "address in use"). A port stays leased until its process is gone.
+static LEASED: Mutex<std::collections::BTreeSet<u16>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+/// One leased private port; given back when dropped (with its [`Proc`]).
+#[derive(Debug)]
+pub(crate) struct PortLease(u16);
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        LEASED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
+    }
+}
+
+/// A free private port on the loopback interface, for a new process to listen on, not
+/// leased to another live process of this supervisor.
+fn private_port() -> std::io::Result<PortLease> {
+    // Listeners held while retrying, so the kernel offers another port each time.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
+        if LEASED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(port)
+        {
+            return Ok(PortLease(port));
+        }
+        held.push(listener);
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no private port free of this supervisor's other instances after 64 tries",
+    ))
 }
 
 /// Spawns a process for the instance: output captured, backend registered (not ready) and
@@ -280,10 +318,14 @@ pub(crate) fn spawn_proc(
     generation: u64,
     health_tx: &mpsc::Sender<Health>,
 ) -> std::io::Result<Proc> {
-    let port = match (&ctx.proxy, app.port) {
+    let lease = match (&ctx.proxy, app.port) {
         (Some(_), Some(_)) => Some(private_port()?),
-        (None, p) => p,
-        (Some(_), None) => None,
+        _ => None,
+    };
+    let port = match (&lease, app.port) {
+        (Some(l), _) => Some(l.0),
+        (None, p) if ctx.proxy.is_none() => p,
+        (None, _) => None,
     };
     let launch = Launch {
         index: ctx.cell.index,
@@ -330,5 +372,30 @@ pub(crate) fn spawn_proc(
         tail,
         output,
         captures: spawned.captures,
+        _lease: lease,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leased_port_is_not_handed_out_again_until_released() {
+        let first = private_port().expect("a port");
+        let others: Vec<PortLease> = (0..200).map(|_| private_port().expect("a port")).collect();
+        assert!(others.iter().all(|l| l.0 != first.0));
+        let mut ports: Vec<u16> = others.iter().map(|l| l.0).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), others.len(), "a port leased twice");
+        let port = first.0;
+        drop(first);
+        assert!(
+            !LEASED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&port)
+        );
+    }
 }
